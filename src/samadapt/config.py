@@ -1,0 +1,187 @@
+"""Configuration: one dataclass per command, YAML round trip, CLI overrides.
+
+Every run directory gets the resolved configuration as ``config.yaml``; ``load_config`` reads it back, so
+a run can be repeated exactly. Overrides are ``key=value`` strings parsed as YAML scalars
+(``lr=1e-4``, ``classes=[liver,spleen]``); nested keys are not used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from samadapt.errors import ConfigError
+from samadapt.io.atomic import atomic_path
+
+T = TypeVar("T")
+
+
+def config_to_dict(config: Any) -> dict:
+    """A dataclass as a plain dict (tuples -> lists, paths -> strings) fit for YAML."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, os.PathLike):
+            return str(value)
+        return value
+
+    return {f.name: plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
+
+
+def parse_overrides(pairs: list[str] | None) -> dict:
+    """``["lr=1e-4", "steps=200"]`` -> ``{"lr": 0.0001, "steps": 200}``."""
+    result = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override '{pair}': write it as key=value")
+        result[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+    return result
+
+
+def make_config(cls: type[T], values: dict, source: str = "configuration") -> T:
+    """Build dataclass ``cls`` from ``values``, rejecting unknown keys with the list of known ones."""
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    converted = {}
+    for key, value in values.items():
+        default = known[key].default
+        if isinstance(default, tuple) and isinstance(value, list):
+            value = tuple(value)
+        elif isinstance(default, float) and isinstance(value, (int, str)) and not isinstance(value, bool):
+            try:  # YAML 1.1 reads "1e-4" as a string
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{source}: {key} must be a number, got '{value}'") from None
+        converted[key] = value
+    try:
+        return cls(**converted)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{source}: {err}") from None
+
+
+def load_config(cls: type[T], path: str | os.PathLike[str] | None = None, overrides: dict | None = None) -> T:
+    """Defaults of ``cls``, updated from a YAML file (if given), then from ``overrides``."""
+    values: dict = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError(f"{path}: cannot read YAML config ({type(err).__name__}); check the file") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: a config file must be a mapping of setting: value")
+        values.update(loaded)
+    values.update(overrides or {})
+    return make_config(cls, values, source=str(path) if path else "options")
+
+
+def save_config(config: Any, path: str | os.PathLike[str]) -> Path:
+    """Write ``config`` as YAML atomically."""
+    with atomic_path(path, suffix=".yaml") as tmp:
+        tmp.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    return Path(path)
+
+
+@dataclasses.dataclass
+class PrepareConfig:
+    """Settings of ``samadapt prepare`` (raw dataset -> prepared model-frame slices).
+
+    - ``image_size``: side ``S`` of the square model frame (longest side resized to it, then padded).
+    - ``axis``: slicing axis of ``(Z, Y, X)`` volumes: ``axial`` (Z), ``coronal`` (Y) or ``sagittal`` (X).
+    - ``window``: CT preset name, ``"W,L"`` in HU, ``percentiles``, ``none`` or ``auto`` (CT -> abdomen,
+      other modalities -> percentiles; 8-bit 2D images pass through).
+    - ``min_area``: objects smaller than this many model-frame pixels are dropped.
+    - ``keep_empty_ratio``: fraction of slices without objects that are kept (chosen from ``seed``).
+    - ``split``: train/val/test fractions of cases; ``seed`` drives the split and empty-slice choice.
+    - ``classes``: class names to keep (``None``: all); other label values become background.
+    - ``percentiles``: lower/upper foreground percentiles for percentile normalisation.
+    """
+
+    image_size: int = 256
+    axis: str = "axial"
+    window: str = "auto"
+    min_area: int = 16
+    keep_empty_ratio: float = 0.1
+    split: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    seed: int = 0
+    classes: list[str] | None = None
+    percentiles: tuple[float, float] = (0.5, 99.5)
+
+    def __post_init__(self) -> None:
+        def bad(what: str) -> ConfigError:
+            return ConfigError(f"prepare setting {what}")
+
+        size = self.image_size
+        if isinstance(size, bool) or not isinstance(size, int) or not 16 <= size <= 4096:
+            raise bad(f"image_size={self.image_size!r}: use an integer between 16 and 4096 (SAM uses 1024)")
+        if self.axis not in ("axial", "coronal", "sagittal"):
+            raise bad(f"axis={self.axis!r}: use axial, coronal or sagittal")
+        self.window = str(self.window)
+        if isinstance(self.min_area, bool) or not isinstance(self.min_area, int) or self.min_area < 1:
+            raise bad(f"min_area={self.min_area!r}: use an integer >= 1 (model-frame pixels)")
+        if not isinstance(self.keep_empty_ratio, (int, float)) or not 0.0 <= self.keep_empty_ratio <= 1.0:
+            raise bad(f"keep_empty_ratio={self.keep_empty_ratio!r}: use a fraction between 0 and 1")
+        try:
+            split = tuple(float(f) for f in self.split)
+        except (TypeError, ValueError):
+            split = ()
+        if len(split) != 3 or min(split) < 0 or split[0] <= 0 or abs(sum(split) - 1.0) > 1e-6:
+            raise bad(f"split={self.split!r}: give three fractions train,val,test summing to 1 (train > 0)")
+        self.split = split
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise bad(f"seed={self.seed!r}: use a non-negative integer")
+        if self.classes is not None:
+            if isinstance(self.classes, str):
+                self.classes = [c.strip() for c in self.classes.split(",") if c.strip()]
+            if not self.classes or not all(isinstance(c, str) for c in self.classes):
+                raise bad(f"classes={self.classes!r}: give a list of class names, e.g. [liver,spleen]")
+            self.classes = list(self.classes)
+        try:
+            percentiles = tuple(float(p) for p in self.percentiles)
+        except (TypeError, ValueError):
+            percentiles = ()
+        if len(percentiles) != 2 or not 0.0 <= percentiles[0] < percentiles[1] <= 100.0:
+            raise bad(f"percentiles={self.percentiles!r}: give lower,upper with 0 <= lower < upper <= 100")
+        self.percentiles = percentiles
+
+
+@dataclasses.dataclass
+class PretrainConfig:
+    """``samadapt pretrain``: the small foundation model from scratch (docs/model_card_tiny.md).
+
+    The defaults are the settings of the shipped ``tiny`` checkpoint. Rounds: ``correction_rounds`` clicks +
+    ``mask_only_rounds`` mask-only rounds per step, except the last ``full_recipe_fraction`` of steps,
+    which use SAM's full 8 + 2 (a CPU budget: the decoder rounds, not the encoder, dominate a step).
+    """
+
+    model: str = "tiny"
+    steps: int = 800
+    batch_size: int = 12
+    objects_per_image: int = 6
+    lr: float = 5e-4
+    min_lr_fraction: float = 0.05
+    weight_decay: float = 0.05
+    warmup_steps: int = 50
+    grad_clip: float = 1.0
+    corpus_images: int = 3000
+    corpus_seed: int = 0
+    eval_images: int = 100
+    eval_seed: int = 1000003
+    seed: int = 0
+    correction_rounds: int = 1
+    mask_only_rounds: int = 1
+    full_recipe_fraction: float = 0.05
+    eval_every: int = 100
+    checkpoint_every: int = 25
+    threads: int = 2
+    init_from: str | None = None  # a SAM checkpoint to continue from (a second phase), instead of random weights

@@ -1,0 +1,1 @@
+"""Preprocessing, the prepared-dataset format, and synthetic data generators (CT phantoms, shape corpus)."""

@@ -1,0 +1,509 @@
+"""``samadapt prepare``: a raw dataset (nnU-Net volumes or a 2D folder) -> a prepared dataset.
+
+For every case: read image and label through :mod:`samadapt.io`, validate them, window the intensities to
+``uint8`` (:mod:`samadapt.data.windowing`), cut 2D slices along the chosen axis, put each slice into SAM's
+model frame (:mod:`samadapt.data.frame`) and list its objects; slices without objects are kept only for a
+seeded fraction ``keep_empty_ratio``. Each case is written as one atomic shard; the manifest comes last.
+See :mod:`samadapt.data.prepared` for the format.
+
+Slicing and orientation. Volumes are ``(Z, Y, X)`` arrays; ``axial`` slices index array axis 0 (rows = Y,
+columns = X), ``coronal`` axis 1 (rows = Z, columns = X), ``sagittal`` axis 2 (rows = Z, columns = Y).
+The axes are not permuted; each slice is only flipped (rows and/or columns) so that it reads as a
+radiologist displays it. From the direction cosines, each in-plane array axis is matched to the patient
+axis it runs closest to and flipped unless it then runs towards patient Left (x), Posterior (y) or
+Inferior (z) in DICOM LPS terms: axial slices show anterior up and patient right on the image left,
+coronal slices superior up and patient right on the left, sagittal slices superior up and anterior on the
+left. The flips are stored as ``meta["flip_hw"]``; :func:`orient_slice` applies them and is its own
+inverse; :func:`put_slice` writes a (display-oriented) slice back into a ``(Z, Y, X)`` array, e.g. a
+prediction after :func:`samadapt.data.frame.from_model_frame_labels`. For volumes
+acquired obliquely or with permuted axes the axis names describe array axes, not anatomy.
+
+Intensities. Volumes are windowed as a whole (``--window``; ``auto`` = abdomen for CT, foreground
+percentiles otherwise); multi-channel nnU-Net cases use channel 0 only. 2D folders: ``auto`` passes 8-bit
+images through unchanged (they are already windowed) and stretches 16-bit ones by percentiles; HU windows
+are refused for 8-bit images.
+
+Objects. nnU-Net volumes: one object per class per slice (``instance`` 0, ``values`` = the class's label
+values, so a region class such as liver = [1, 2] contains its lesion). 2D folders: every (structure,
+instance) pair of the dataset gets its own raw label value 1..K (classes in the dataset's order, instances
+ascending); a class's ``values`` are those of all its instances and each instance is its own object.
+Overlapping instance masks: the later one (higher value) wins the overlapping pixels.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK
+
+from samadapt.config import PrepareConfig, config_to_dict, save_config
+from samadapt.data.frame import frame_shape, model_frame_spacing, to_model_frame_image, to_model_frame_labels
+from samadapt.data.prepared import (
+    FORMAT_VERSION,
+    PreparedDataset,
+    SliceObject,
+    case_dir,
+    case_is_complete,
+    dataset_hash,
+    mask_box,
+    source_signature,
+    write_case,
+    write_manifest,
+)
+from samadapt.data.windowing import Window, parse_window
+from samadapt.errors import ConfigError, DatasetError, GeometryMismatchError, InputFileError
+from samadapt.io.volume import Geometry, check_same_grid, read_volume
+
+MAX_SIDE = 4096
+MAX_SLICES = 5000
+AXES = {"axial": 0, "coronal": 1, "sagittal": 2}
+_INDEX_AXIS_OF_ARRAY_AXIS = {0: 2, 1: 1, 2: 0}  # (Z, Y, X) array axis -> SimpleITK (x, y, z) index axis
+_DISPLAY_SIGN = (1.0, 1.0, -1.0)  # increasing row/column runs towards L (x), P (y), I (z) in LPS
+
+Progress = Callable[[int, int], object]
+
+
+# ----------------------------------------------------------------------------- orientation and slicing
+
+
+def slice_flips(geometry: Geometry, axis: str) -> tuple[bool, bool]:
+    """``(flip_rows, flip_cols)`` that put a slice along ``axis`` into radiological display orientation.
+
+    See the module docstring for the rule; ``geometry.direction`` is SimpleITK's row-major 3x3 matrix whose
+    column ``j`` is the physical direction of index axis ``j``.
+    """
+    slicing = AXES[axis]
+    direction = np.asarray(geometry.direction, dtype=float).reshape(3, 3)
+    flips = []
+    for array_axis in (a for a in range(3) if a != slicing):
+        vector = direction[:, _INDEX_AXIS_OF_ARRAY_AXIS[array_axis]]
+        patient_axis = int(np.argmax(np.abs(vector)))
+        flips.append(bool(np.sign(vector[patient_axis]) != _DISPLAY_SIGN[patient_axis]))
+    return flips[0], flips[1]
+
+
+def orient_slice(slice2d: np.ndarray, flips: tuple[bool, bool]) -> np.ndarray:
+    """Flip the rows / columns (axes 0 / 1) of ``slice2d``; applying it twice gives the input back."""
+    if flips[0]:
+        slice2d = slice2d[::-1]
+    if flips[1]:
+        slice2d = slice2d[:, ::-1]
+    return slice2d
+
+
+def take_slice(array: np.ndarray, axis: str, index: int,
+               flips: tuple[bool, bool] = (False, False)) -> np.ndarray:
+    """Slice ``index`` of a ``(Z, Y, X)`` array along ``axis``, oriented with ``flips``: ``(rows, cols)``."""
+    return orient_slice(np.take(array, index, axis=AXES[axis]), flips)
+
+
+def put_slice(array: np.ndarray, axis: str, index: int, slice2d: np.ndarray,
+              flips: tuple[bool, bool] = (False, False)) -> None:
+    """Write an oriented ``slice2d`` (as :func:`take_slice` returned it) back into ``array`` in place."""
+    target = tuple(s for a, s in enumerate(array.shape) if a != AXES[axis])
+    if tuple(slice2d.shape) != target:
+        raise ValueError(f"slice of shape {slice2d.shape} does not fit a {axis} slice {target} of {array.shape}")
+    view = [slice(None)] * 3
+    view[AXES[axis]] = index
+    array[tuple(view)] = orient_slice(np.asarray(slice2d), flips)
+
+
+def _slice_spacings(geometry: Geometry, axis: str) -> tuple[tuple[float, float], float]:
+    """In-plane ``(row, col)`` spacing and slice spacing (mm) for slices along ``axis``."""
+    by_array_axis = {0: geometry.spacing[2], 1: geometry.spacing[1], 2: geometry.spacing[0]}
+    slicing = AXES[axis]
+    rows, cols = (a for a in range(3) if a != slicing)
+    return (float(by_array_axis[rows]), float(by_array_axis[cols])), float(by_array_axis[slicing])
+
+
+# ----------------------------------------------------------------------------- plans
+
+
+@dataclass(frozen=True)
+class ClassSpec:
+    """A class of the prepared dataset: ``index`` is 1-based in manifest order."""
+
+    name: str
+    values: tuple[int, ...]
+    index: int
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "values": list(self.values), "index": self.index}
+
+
+def _select_classes(available: list[tuple[str, tuple[int, ...]]], wanted: list[str] | None,
+                    source: Path) -> list[ClassSpec]:
+    names = [name for name, _ in available]
+    if wanted is not None:
+        unknown = [w for w in wanted if w not in names]
+        if unknown:
+            raise ConfigError(f"classes {', '.join(unknown)} are not in {source}; known: {', '.join(names)}")
+    chosen = [(n, v) for n, v in available if wanted is None or n in wanted]
+    return [ClassSpec(name, tuple(int(x) for x in values), i + 1) for i, (name, values) in enumerate(chosen)]
+
+
+def _check_2d_side(path: Path, shape: tuple[int, ...]) -> None:
+    if max(shape) > MAX_SIDE:
+        raise InputFileError(f"{path}: a slice of {shape[0]}x{shape[1]} pixels exceeds {MAX_SIDE} per side; "
+                             "downsample it first")
+
+
+def _check_volume_header(path: Path, axis: str) -> None:
+    """Refuse absurd volume sizes from the file header, before reading the voxels (files only)."""
+    if path.is_dir():
+        return
+    reader = SimpleITK.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return  # read_volume reports unreadable files with the proper message
+    size = tuple(reader.GetSize()) + (1,) * (3 - reader.GetDimension())
+    _check_volume_size(path, tuple(int(s) for s in reversed(size[:3])), axis)
+
+
+def _check_volume_size(path: Path, zyx: tuple[int, ...], axis: str) -> None:
+    slicing = AXES[axis]
+    n_slices = zyx[slicing]
+    in_plane = tuple(s for a, s in enumerate(zyx) if a != slicing)
+    if n_slices > MAX_SLICES:
+        raise InputFileError(f"{path}: {n_slices} {axis} slices exceed {MAX_SLICES}; "
+                             "crop or resample the volume")
+    _check_2d_side(path, in_plane)
+
+
+def _keep_empty(case_id: str, n_empty: int, ratio: float, seed: int) -> np.ndarray:
+    """Indices (into the list of empty slices) of the ones to keep: ``floor(ratio * n + u)`` of them."""
+    rng = np.random.default_rng([seed, zlib.crc32(case_id.encode())])
+    k = min(n_empty, int(np.floor(ratio * n_empty + rng.random())))
+    return np.sort(rng.choice(n_empty, size=k, replace=False)) if k else np.zeros(0, dtype=int)
+
+
+def assign_splits(case_ids: list[str], fractions: tuple[float, float, float], seed: int) -> dict[str, str]:
+    """Case-level train/val/test split, deterministic from ``seed``.
+
+    Counts are ``round(n * fraction)`` for val and test; with ``n >= 3`` each of val and test with a
+    positive fraction gets at least one case, and train always keeps at least one.
+    """
+    ids = sorted(case_ids)
+    n = len(ids)
+    order = [ids[i] for i in np.random.default_rng(seed).permutation(n)]
+    n_val, n_test = (int(round(n * f)) for f in fractions[1:])
+    if n >= 3:
+        n_val = max(n_val, 1) if fractions[1] > 0 else 0
+        n_test = max(n_test, 1) if fractions[2] > 0 else 0
+    while n_val + n_test > max(n - 1, 0):
+        if n_val >= n_test and n_val > 0:
+            n_val -= 1
+        else:
+            n_test -= 1
+    splits = {}
+    for i, case_id in enumerate(order):
+        splits[case_id] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+    return splits
+
+
+# ----------------------------------------------------------------------------- per-case work
+
+
+@dataclass
+class _CaseResult:
+    images: np.ndarray
+    labels: np.ndarray
+    objects: list[SliceObject]
+    meta: dict
+
+
+_Candidate = tuple[ClassSpec, int, tuple[int, ...]]  # class, instance, label values
+_Found = tuple[str, int, int, tuple[int, ...], int, tuple[int, int, int, int]]
+
+
+def _slice_objects(labels_mf: np.ndarray, candidates: list[_Candidate], min_area: int) -> list[_Found]:
+    """Objects of one ``SxS`` model-frame label slice as ``(class, index, instance, values, area, box)``."""
+    present = set(np.unique(labels_mf).tolist())
+    found = []
+    for spec, instance, values in candidates:
+        if present.isdisjoint(values):
+            continue
+        mask = np.isin(labels_mf, values)
+        area = int(mask.sum())
+        if area >= min_area:
+            found.append((spec.name, spec.index, instance, values, area, mask_box(mask)))
+    return found
+
+
+def _select_slices(case_id: str, per_slice: list[list], config: PrepareConfig) -> list[int]:
+    """Positions (into ``per_slice``) of the slices to keep: all with objects plus the chosen empty ones."""
+    with_objects = [i for i, objs in enumerate(per_slice) if objs]
+    empty = [i for i, objs in enumerate(per_slice) if not objs]
+    chosen = [empty[j] for j in _keep_empty(case_id, len(empty), config.keep_empty_ratio, config.seed)]
+    return sorted(with_objects + chosen)
+
+
+def _assemble(case_id: str, kept: list[int], per_slice: list[list], images: list[np.ndarray],
+              labels: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[SliceObject]]:
+    objects = [SliceObject(case_id, s, name, index, instance, values, area, box)
+               for s, position in enumerate(kept)
+               for name, index, instance, values, area, box in per_slice[position]]
+    return np.stack(images).astype(np.uint8), np.stack(labels).astype(np.uint16), objects
+
+
+def _volume_case(case, classes: list[ClassSpec], declared: set[int], ignore_label: int | None, window: Window,
+                 config: PrepareConfig, params: dict, sources: list[list]) -> _CaseResult | None:
+    image_path = Path(case.image_paths[0])
+    label_path = Path(case.label_path)
+    for path in (image_path, label_path):
+        _check_volume_header(path, config.axis)
+    image = read_volume(image_path)
+    label = read_volume(label_path)
+    check_same_grid(image, label)
+    _check_volume_size(image_path, image.array.shape, config.axis)
+
+    hu = image.array
+    if np.issubdtype(hu.dtype, np.floating) and not np.isfinite(hu).all():
+        raise InputFileError(f"{image_path}: contains NaN or infinite voxels; "
+                             "fix or mask them before preparing")
+    raw = label.array
+    if np.issubdtype(raw.dtype, np.floating):
+        if not np.isfinite(raw).all() or not np.array_equal(raw, np.round(raw)):
+            raise DatasetError(f"{label_path}: label values are not integers; save the label map as integers")
+    elif not np.issubdtype(raw.dtype, np.integer) and raw.dtype != bool:
+        raise DatasetError(f"{label_path}: label voxels of type {raw.dtype} are not integer labels")
+    present = np.unique(raw)
+    unknown = sorted(int(v) for v in present if int(v) not in declared | {0, ignore_label})
+    if unknown:
+        shown = ", ".join(str(v) for v in unknown[:10]) + (", ..." if len(unknown) > 10 else "")
+        raise DatasetError(f"{label_path}: label values {shown} are not declared in dataset.json; "
+                           "add them to its 'labels' or fix the label file")
+
+    # keep only the selected classes' values (others become background), as uint16
+    selected = sorted({v for spec in classes for v in spec.values})
+    if ignore_label is not None:
+        selected.append(int(ignore_label))  # unannotated voxels keep their value (nnU-Net "ignore")
+    if present.size and (int(present.min()) < 0 or int(present.max()) > np.iinfo(np.uint16).max):
+        raise DatasetError(f"{label_path}: label values must lie in 0..65535, found {int(present.min())}.."
+                           f"{int(present.max())}; renumber the labels")
+    top = max(int(present.max()) if present.size else 0, max(selected, default=0))
+    lut = np.zeros(top + 1, dtype=np.uint16)
+    lut[selected] = selected
+    labels3d = lut[raw if raw.dtype.kind in "ub" else raw.astype(np.int32)]
+    intensities = window.apply(hu)
+    flips = slice_flips(image.geometry, config.axis)
+    n_slices = intensities.shape[AXES[config.axis]]
+    candidates = [(spec, 0, spec.values) for spec in classes]
+
+    per_slice, framed_labels = [], []
+    for index in range(n_slices):
+        lab = take_slice(labels3d, config.axis, index, flips)
+        if not lab.any():
+            per_slice.append([])
+            framed_labels.append(None)
+            continue
+        framed = to_model_frame_labels(np.ascontiguousarray(lab), config.image_size)
+        per_slice.append(_slice_objects(framed, candidates, config.min_area))
+        framed_labels.append(framed)
+    kept = _select_slices(case.case_id, per_slice, config)
+    if not kept:
+        return None
+    source_hw = take_slice(intensities, config.axis, 0).shape
+    images, labels = [], []
+    for index in kept:
+        oriented = np.ascontiguousarray(take_slice(intensities, config.axis, index, flips))
+        images.append(to_model_frame_image(oriented, config.image_size))
+        framed = framed_labels[index]
+        labels.append(framed if framed is not None else np.zeros((config.image_size,) * 2, dtype=np.uint16))
+    images_arr, labels_arr, objects = _assemble(case.case_id, kept, per_slice, images, labels)
+    spacing_hw, slice_spacing = _slice_spacings(image.geometry, config.axis)
+    meta = {
+        "source_image": str(image_path), "source_label": str(label_path),
+        "geometry": image.geometry.to_dict(), "axis": config.axis, "slice_indices": kept,
+        "source_hw": list(source_hw), "valid_hw": list(frame_shape(*source_hw, config.image_size)),
+        "pixel_spacing_mm": list(model_frame_spacing(spacing_hw, source_hw, config.image_size)),
+        "slice_spacing_mm": slice_spacing, "flip_hw": list(flips), "window": window.to_dict(),
+        "params": params, "source_files": sources,
+    }
+    return _CaseResult(images_arr, labels_arr, objects, meta)
+
+
+def _folder2d_values(dataset, wanted: list[str] | None, source: Path) -> tuple[list[ClassSpec], dict]:
+    """Dataset-wide raw values: ``{(class, instance): value}`` 1..K, classes in order, instances ascending."""
+    instances: dict[str, set[int]] = {}
+    for case in dataset.cases:
+        for inst in case.instances:
+            instances.setdefault(inst.class_name, set()).add(int(inst.instance))
+    order = [c for c in dataset.classes if c in instances] + sorted(set(instances) - set(dataset.classes))
+    value_of, available = {}, []
+    for name in order:
+        values = []
+        for instance in sorted(instances[name]):
+            value_of[(name, instance)] = len(value_of) + 1
+            values.append(value_of[(name, instance)])
+        available.append((name, tuple(values)))
+    if wanted is not None:
+        unknown = [w for w in wanted if w not in instances]
+        if unknown:
+            raise ConfigError(f"classes {', '.join(unknown)} have no masks in {source}; "
+                              f"known: {', '.join(order)}")
+    return _select_classes(available, wanted, source), value_of
+
+
+def _folder2d_case(case, classes: list[ClassSpec], value_of: dict, config: PrepareConfig,
+                   params: dict, sources: list[list]) -> _CaseResult | None:
+    from samadapt.io.image2d import read_image_2d, read_mask_2d
+
+    image = read_image_2d(case.image_path)
+    _check_2d_side(Path(case.image_path), image.shape[:2])
+    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+        raise InputFileError(f"{case.image_path}: contains NaN or infinite pixels; fix them before preparing")
+    h, w = image.shape[:2]
+    by_name = {spec.name: spec for spec in classes}
+    labels = np.zeros((h, w), dtype=np.uint16)
+    candidates = []
+    painted = sorted((value_of[(inst.class_name, int(inst.instance))], inst) for inst in case.instances
+                     if inst.class_name in by_name)
+    for value, inst in painted:  # later (higher value) instances win overlaps
+        mask = read_mask_2d(inst.path)
+        if mask.shape != (h, w):
+            raise GeometryMismatchError(f"{inst.path}: mask is {mask.shape[0]}x{mask.shape[1]} but its image "
+                                        f"{case.image_path} is {h}x{w}; resize the mask to the image")
+        labels[mask] = value
+        candidates.append((by_name[inst.class_name], int(inst.instance), (value,)))
+    framed = to_model_frame_labels(labels, config.image_size)
+    per_slice = [_slice_objects(framed, candidates, config.min_area)]
+    kept = _select_slices(case.case_id, per_slice, config)
+    if not kept:
+        return None
+    window = _window_2d(config.window, config, image.dtype)
+    image_mf = to_model_frame_image(window.apply(image), config.image_size)
+    images_arr, labels_arr, objects = _assemble(case.case_id, kept, per_slice, [image_mf], [framed])
+    identity = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+    geometry = Geometry((w, h, 1), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), identity)
+    meta = {
+        "source_image": str(case.image_path), "source_label": None, "geometry": geometry.to_dict(),
+        "axis": "2d", "slice_indices": [0], "source_hw": [h, w],
+        "valid_hw": list(frame_shape(h, w, config.image_size)),
+        "pixel_spacing_mm": list(model_frame_spacing((1.0, 1.0), (h, w), config.image_size)),
+        "slice_spacing_mm": 1.0, "flip_hw": [False, False], "window": window.to_dict(), "params": params,
+        "source_masks": {str(value): str(inst.path) for value, inst in painted}, "source_files": sources,
+    }
+    return _CaseResult(images_arr, labels_arr, objects, meta)
+
+
+def _window_2d(spec: str, config: PrepareConfig, image_dtype: np.dtype | None) -> Window:
+    """2D folders: ``auto`` passes 8-bit images through and normalises 16-bit ones by percentiles."""
+    window = parse_window(spec, percentiles=config.percentiles)
+    if window.kind == "auto":
+        return Window("none") if image_dtype == np.uint8 else window.resolve("MR")
+    if window.kind == "ct" and image_dtype == np.uint8:
+        raise ConfigError(f"window '{spec}': 8-bit 2D images are already windowed, not HU; use --window auto")
+    return window
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def _read_source(source: Path):
+    from samadapt.io.layouts import detect_layout, read_folder_2d, read_nnunet_dataset
+
+    layout = detect_layout(source)
+    dataset = read_nnunet_dataset(source) if layout == "nnunet" else read_folder_2d(source)
+    return layout, dataset
+
+
+def prepare_dataset(source: str | Path, out: str | Path, config: PrepareConfig,
+                    progress: Progress | None = None) -> PreparedDataset:
+    """Prepare the raw dataset at ``source`` into ``out`` and return it opened.
+
+    Resumes: case folders already in ``out`` that are complete and were written with the same
+    parameters are kept as they are. ``out/config.yaml`` and finally ``out/manifest.json`` are written
+    only when every case is done. ``progress(done, total)`` is called after each case.
+
+    Raises :class:`DatasetError` (empty dataset, undeclared label values, no objects left),
+    :class:`InputFileError` (unreadable, NaN or absurdly large images), :class:`GeometryMismatchError`
+    (label off its image's grid) and :class:`ConfigError` (bad settings).
+    """
+    source, out = Path(source), Path(out)
+    if not source.is_dir():
+        raise InputFileError(f"{source}: no such dataset folder; point to an nnU-Net dataset or a 2D folder")
+    if out.resolve() == source.resolve() or source.resolve() in out.resolve().parents:
+        raise ConfigError(f"{out}: write the prepared dataset outside the source folder {source}")
+    layout, dataset = _read_source(source)
+    if not dataset.cases:
+        raise DatasetError(f"{source}: holds no cases; add images (and labels) in its {layout} layout")
+
+    if layout == "nnunet":
+        available = [(c.name, tuple(c.values)) for c in dataset.classes]
+        classes = _select_classes(available, config.classes, source)
+        declared = {int(v) for c in dataset.classes for v in c.values}
+        window = parse_window(config.window, modality=dataset.modality, percentiles=config.percentiles)
+        name, axis = dataset.name, config.axis
+    else:
+        classes, value_of = _folder2d_values(dataset, config.classes, source)
+        window = parse_window(config.window, percentiles=config.percentiles)  # resolved per image
+        name, axis = source.name, "2d"
+    if not classes:
+        raise DatasetError(f"{source}: declares no label classes; add labels (or masks) to the dataset")
+    params = {**config_to_dict(config), "axis": axis, "window_resolved": window.to_dict(), "layout": layout,
+              "classes_resolved": [spec.to_dict() for spec in classes], "format_version": FORMAT_VERSION,
+              "ignore_label": getattr(dataset, "ignore_label", None)}
+
+    (out / "manifest.json").unlink(missing_ok=True)  # the dataset is incomplete from here on
+    if (out / "cases").is_dir():  # leftovers of a killed run's atomic writes
+        for leftover in (out / "cases").glob(".*.tmp"):
+            shutil.rmtree(leftover, ignore_errors=True)
+    done: dict[str, tuple[int, int]] = {}
+    skipped: list[dict] = []
+    for position, case in enumerate(dataset.cases):
+        case_id = case.case_id
+        if layout == "nnunet":
+            files = [case.image_paths[0]] + ([case.label_path] if case.label_path is not None else [])
+        else:
+            files = [case.image_path] + [inst.path for inst in case.instances]
+        sources = source_signature(files)
+        if case_is_complete(out, case_id, params, sources):
+            folder = case_dir(out, case_id)
+            n_slices = int(np.load(folder / "images.npy", mmap_mode="r").shape[0])
+            done[case_id] = (n_slices, len(json.loads((folder / "objects.json").read_text())))
+        else:
+            if layout == "nnunet":
+                if case.label_path is None:
+                    skipped.append({"case_id": case_id, "reason": "no label file"})
+                    result = None
+                else:
+                    result = _volume_case(case, classes, declared, dataset.ignore_label, window, config,
+                                          params, sources)
+            else:
+                result = _folder2d_case(case, classes, value_of, config, params, sources)
+            if result is None:
+                if not any(s["case_id"] == case_id for s in skipped):
+                    skipped.append({"case_id": case_id, "reason": "no objects and no empty slice drawn"})
+            else:
+                write_case(out, case_id, result.images, result.labels, result.objects, result.meta)
+                done[case_id] = (int(result.images.shape[0]), len(result.objects))
+        if progress is not None:
+            progress(position + 1, len(dataset.cases))
+
+    if not done or sum(n for _, n in done.values()) == 0:
+        raise DatasetError(f"{source}: no objects of at least {config.min_area} model-frame pixels in any "
+                           "case; check the labels, the classes setting or lower --min-area")
+    splits = assign_splits(list(done), config.split, config.seed)
+    cases = [{"case_id": cid, "split": splits[cid], "n_slices": done[cid][0], "n_objects": done[cid][1]}
+             for cid in sorted(done)]
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "source": {"root": str(source.resolve()), "layout": layout, "name": name},
+        "params": params, "image_size": config.image_size,
+        "classes": [spec.to_dict() for spec in classes],
+        "cases": cases, "split_seed": config.seed,
+        "hash": dataset_hash(out, params, cases),
+        "skipped": skipped,
+    }
+    save_config(config, out / "config.yaml")
+    write_manifest(out, manifest)
+    return PreparedDataset(out)

@@ -1,0 +1,1 @@
+"""Metrics, evaluation protocols and reports."""

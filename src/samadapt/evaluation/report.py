@@ -1,0 +1,141 @@
+"""Evaluation reports: a Markdown summary, CSV and JSON tables, plots and overlay images.
+
+A report compares *methods* (zero-shot SAM, a baseline, fine-tuned models...) on the same objects. Each
+method contributes per-object score rows (from :mod:`samadapt.evaluation.box_protocol`), and optionally
+its training cost (iterations, wall time) and a validation curve (Dice vs iterations).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from samadapt.evaluation.metrics import METRICS, mean_scores, per_class_mean
+from samadapt.io.atomic import atomic_path, write_json_atomic
+
+
+@dataclass
+class MethodResult:
+    """What one method contributes to a report."""
+
+    name: str
+    rows: list[dict]
+    iterations: int | None = None
+    wall_s: float | None = None
+    curve: list[tuple[int, float]] = field(default_factory=list)
+    notes: str = ""
+
+
+def _fmt(value: float | None, scale: float = 100.0, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value * scale:.{digits}f}"
+
+
+def summary_table(methods: list[MethodResult], metric: str = "dice") -> str:
+    """Markdown table: one row per class (and the mean), one column per method, ``metric`` x 100."""
+    classes: list[str] = []
+    for method in methods:
+        for row in method.rows:
+            if row["class"] not in classes:
+                classes.append(row["class"])
+    per_class = {m.name: per_class_mean(m.rows) for m in methods}
+    header = "| class | n | " + " | ".join(m.name for m in methods) + " |"
+    lines = [header, "|" + "---|" * (len(methods) + 2)]
+    for name in classes:
+        n = next((per_class[m.name][name]["n"] for m in methods if name in per_class[m.name]), 0)
+        cells = [_fmt(per_class[m.name].get(name, {}).get(metric)) for m in methods]
+        lines.append(f"| {name} | {n} | " + " | ".join(cells) + " |")
+    means = [_fmt(float(np.mean([v[metric] for v in per_class[m.name].values()])) if per_class[m.name] else None)
+             for m in methods]
+    lines.append("| **mean over classes** | | " + " | ".join(means) + " |")
+    return "\n".join(lines)
+
+
+def _plot_per_class(methods: list[MethodResult], path: Path, metric: str = "dice") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    classes = list(dict.fromkeys(row["class"] for m in methods for row in m.rows))
+    per_class = {m.name: per_class_mean(m.rows) for m in methods}
+    width = 0.8 / max(1, len(methods))
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(classes) + 2), 4))
+    for i, m in enumerate(methods):
+        values = [per_class[m.name].get(c, {}).get(metric, math.nan) for c in classes]
+        ax.bar(np.arange(len(classes)) + i * width, values, width, label=m.name)
+    ax.set_xticks(np.arange(len(classes)) + width * (len(methods) - 1) / 2, classes, rotation=35, ha="right")
+    ax.set_ylabel(metric.upper() if metric != "dice" else "Dice")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def _plot_curves(methods: list[MethodResult], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in methods:
+        if m.curve:
+            its, values = zip(*m.curve, strict=True)
+            ax.plot(its, values, marker="o", label=m.name)
+    ax.set_xlabel("iterations")
+    ax.set_ylabel("validation Dice (mean over classes)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def write_report(out: Path, title: str, methods: list[MethodResult], context: list[str] | None = None,
+                 overlays: list[Path] | None = None) -> Path:
+    """Write ``summary.md``, ``per_object.csv``, ``summary.json`` and plots into ``out``; returns summary.md."""
+    out.mkdir(parents=True, exist_ok=True)
+    fields = ["method", "case_id", "slice", "class", "instance", "area", *METRICS]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    for m in methods:
+        for row in m.rows:
+            writer.writerow({"method": m.name, **row})
+    with atomic_path(out / "per_object.csv", suffix=".csv") as tmp:
+        tmp.write_text(buffer.getvalue())
+    summary = {m.name: {"overall": mean_scores(m.rows), "per_class": per_class_mean(m.rows),
+                        "iterations": m.iterations, "wall_s": m.wall_s, "curve": m.curve, "notes": m.notes}
+               for m in methods}
+    write_json_atomic(out / "summary.json", summary)
+    _plot_per_class(methods, out / "dice_per_class.png")
+    has_curves = any(m.curve for m in methods)
+    if has_curves:
+        _plot_curves(methods, out / "dice_vs_iterations.png")
+    lines = [f"# {title}", ""]
+    lines += [*(context or []), ""]
+    lines += ["## Dice per class (x100)", "", summary_table(methods, "dice"), ""]
+    lines += ["## NSD per class (x100)", "", summary_table(methods, "nsd"), ""]
+    lines += ["## Cost", "", "| method | iterations | wall time (s) | notes |", "|---|---|---|---|"]
+    for m in methods:
+        wall = f"{m.wall_s:.1f}" if m.wall_s is not None else "-"
+        lines.append(f"| {m.name} | {m.iterations if m.iterations is not None else '-'} | {wall} | {m.notes} |")
+    lines += ["", "![Dice per class](dice_per_class.png)", ""]
+    if has_curves:
+        lines += ["![Dice vs iterations](dice_vs_iterations.png)", ""]
+    for path in overlays or []:
+        lines += [f"![{path.stem}]({path.relative_to(out).as_posix()})", ""]
+    with atomic_path(out / "summary.md", suffix=".md") as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    return out / "summary.md"

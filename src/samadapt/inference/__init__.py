@@ -1,0 +1,1 @@
+"""Inference: decode prompts on cached embeddings; later the Segmenter, volumes and propagation."""

@@ -1,0 +1,1 @@
+"""SAM model registry, building, loading and saving; the embedding cache."""

@@ -1,0 +1,458 @@
+"""The embedding cache: SAM's frozen image encoder run once per prepared slice, stored in fp16.
+
+The encoder is about 95% of SAM's compute. Training and evaluation read these files and run only the
+prompt encoder and the mask decoder.
+
+Layout of a cache folder (by default ``<prepared.root>/embeddings/<signature[:16]>/``)::
+
+    cache.json                   signature, model, architecture, dtype, shapes, per-case progress
+    <case_id>.npy                (S, C, g, g) float16 image embeddings (neck output)
+    <case_id>.features.npy       (S, 3, D, g, g) float16 encoder block outputs (only with features)
+    <case_id>.npy.partial        the same while a case is being computed (and its .features twin)
+
+``S`` is the case's number of slices, ``C = spec.prompt_embed_dim``, ``g = spec.embedding_size`` and
+``D = spec.encoder_embed_dim``. Features are the outputs of the encoder blocks
+``spec.feature_block_indexes`` (about 1/2, 3/4 and the end of the ViT; ProMISe's multi-level features),
+captured with forward hooks and moved to channels-first.
+
+The **signature** is a sha256 over the image encoder's weights (tensor bytes in state-dict order) and
+architecture, the preprocessing (pixel mean/std, image size), the prepared dataset's hash and the
+features flag. A cache is used only with the model and data that produced it. Any mismatch raises
+:class:`~samadapt.errors.CacheError`; a cache is never reused silently.
+
+Computation resumes within a case. Each batch is written into a ``.partial`` memmap, then the slice
+counter in ``cache.json`` advances (atomically). A run that stops continues after the last finished
+batch, and a finished case is renamed to its final name. Batches never cross case boundaries. With the
+same batch size, a resumed run therefore produces the same bytes as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from samadapt.errors import CacheError, ConfigError, DatasetError
+from samadapt.io.atomic import write_json_atomic
+from samadapt.models.preprocess import to_model_input
+from samadapt.models.registry import ModelSpec
+from samadapt.models.sam import LoadedModel
+
+CACHE_FORMAT = 1
+CACHE_FILE = "cache.json"
+STORE_DTYPE = np.float16
+_ENCODER_FIELDS = (
+    "encoder_embed_dim", "encoder_depth", "encoder_num_heads", "encoder_global_attn_indexes", "image_size",
+    "patch_size", "window_size", "prompt_embed_dim", "pixel_mean", "pixel_std",
+)
+
+Progress = Callable[[int, int], None]
+"""``progress(done_slices, total_slices)``: called once at the start and after every batch."""
+
+
+class PreparedLike(Protocol):
+    """What the cache needs from :class:`samadapt.data.prepared.PreparedDataset`."""
+
+    root: Path
+    image_size: int
+    hash: str
+
+    def case_ids(self, split: str | None = None) -> list[str]: ...
+    def images(self, case_id: str) -> np.ndarray: ...
+    def meta(self, case_id: str) -> dict: ...
+
+
+def embedding_shape(spec: ModelSpec) -> tuple[int, int, int]:
+    """``(C, g, g)``: the shape of one slice's image embedding."""
+    return (spec.prompt_embed_dim, spec.embedding_size, spec.embedding_size)
+
+
+def feature_shape(spec: ModelSpec) -> tuple[int, int, int, int]:
+    """``(3, D, g, g)``: the shape of one slice's multi-level encoder features."""
+    g = spec.embedding_size
+    return (len(spec.feature_block_indexes), spec.encoder_embed_dim, g, g)
+
+
+def bytes_per_slice(spec: ModelSpec, with_features: bool) -> dict[str, int]:
+    """Disk bytes per slice: ``{"embeddings", "features", "total"}`` (fp16 payload, npy header excluded)."""
+    item = np.dtype(STORE_DTYPE).itemsize
+    emb = int(np.prod(embedding_shape(spec))) * item
+    feat = int(np.prod(feature_shape(spec))) * item if with_features else 0
+    return {"embeddings": emb, "features": feat, "total": emb + feat}
+
+
+def encoder_digest(loaded: LoadedModel) -> str:
+    """sha256 over the image encoder's weights (state-dict order), its architecture and preprocessing."""
+    digest = hashlib.sha256(f"samadapt-embedding-cache-v{CACHE_FORMAT}\n".encode())
+    arch = loaded.spec.architecture()
+    digest.update(json.dumps({k: arch[k] for k in _ENCODER_FIELDS}, sort_keys=True).encode())
+    for name, tensor in loaded.sam.image_encoder.state_dict().items():
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"\n{name}:{flat.dtype}:{tuple(tensor.shape)}\n".encode())
+        digest.update(flat.view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def cache_signature(
+    loaded: LoadedModel, prepared_hash: str, with_features: bool, digest: str | None = None
+) -> str:
+    """The cache signature: :func:`encoder_digest` + the prepared dataset's hash + the features flag.
+
+    ``digest`` may pass a precomputed :func:`encoder_digest` (hashing ViT-B's weights takes ~1 s).
+    """
+    digest = digest or encoder_digest(loaded)
+    payload = {
+        "encoder": digest, "prepared": str(prepared_hash), "with_features": bool(with_features),
+        "feature_blocks": list(loaded.spec.feature_block_indexes) if with_features else [],
+        "dtype": np.dtype(STORE_DTYPE).name,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def default_cache_dir(prepared: PreparedLike, signature: str) -> Path:
+    """``<prepared.root>/embeddings/<signature[:16]>``."""
+    return Path(prepared.root) / "embeddings" / signature[:16]
+
+
+def _final_paths(root: Path, case_id: str) -> tuple[Path, Path]:
+    return root / f"{case_id}.npy", root / f"{case_id}.features.npy"
+
+
+class EmbeddingCache:
+    """Read access to a computed cache folder (see the module docstring for the layout).
+
+    Arrays are memory-mapped read-only: :meth:`embeddings` gives ``(S, C, g, g)`` float16 and
+    :meth:`features` ``(S, 3, D, g, g)`` float16, with axis 0 indexing the prepared case's slices.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root)
+        path = self.root / CACHE_FILE
+        if not path.is_file():
+            raise CacheError(f"{path}: no embedding cache here; run `samadapt embed` to compute it")
+        try:
+            info = json.loads(path.read_text())
+            str(info["signature"]), dict(info["cases"]), bool(info["with_features"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise CacheError(
+                f"{path}: unreadable cache description ({type(err).__name__}); delete {self.root} and rerun "
+                "`samadapt embed`"
+            ) from None
+        self.info: dict[str, Any] = info
+
+    def __repr__(self) -> str:
+        model, n = self.info.get("model"), len(self.case_ids)
+        return f"EmbeddingCache({str(self.root)!r}, model={model!r}, cases={n})"
+
+    @property
+    def signature(self) -> str:
+        """The sha256 signature of the model, preprocessing and data this cache was computed with."""
+        return str(self.info["signature"])
+
+    @property
+    def has_features(self) -> bool:
+        """Whether the multi-level encoder features were stored too."""
+        return bool(self.info["with_features"])
+
+    @property
+    def case_ids(self) -> list[str]:
+        """Ids of the cases whose embeddings are complete."""
+        return [cid for cid, state in self.info["cases"].items() if state.get("complete")]
+
+    @property
+    def bytes_per_slice(self) -> dict[str, int]:
+        """Disk bytes per slice: ``{"embeddings", "features", "total"}``."""
+        return dict(self.info["bytes_per_slice"])
+
+    def is_complete(self, case_ids: list[str]) -> bool:
+        """True when every case of ``case_ids`` is finished."""
+        done = set(self.case_ids)
+        return all(cid in done for cid in case_ids)
+
+    def _load(self, path: Path, case_id: str) -> np.ndarray:
+        if case_id not in self.info["cases"] or not self.info["cases"][case_id].get("complete"):
+            raise CacheError(
+                f"{self.root}: no finished embeddings for case '{case_id}'; rerun `samadapt embed` to "
+                "finish it"
+            )
+        try:
+            return np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as err:
+            raise CacheError(
+                f"{path}: missing or unreadable ({type(err).__name__}); delete it and rerun `samadapt embed`"
+            ) from None
+
+    def embeddings(self, case_id: str) -> np.ndarray:
+        """``(S, C, g, g)`` float16 image embeddings of a case, memory-mapped."""
+        return self._load(_final_paths(self.root, case_id)[0], case_id)
+
+    def features(self, case_id: str) -> np.ndarray:
+        """``(S, 3, D, g, g)`` float16 encoder block outputs of a case, memory-mapped."""
+        if not self.has_features:
+            raise CacheError(
+                f"{self.root}: computed without encoder features; rerun `samadapt embed --features`"
+            )
+        return self._load(_final_paths(self.root, case_id)[1], case_id)
+
+
+@contextlib.contextmanager
+def _capture_blocks(encoder: torch.nn.Module, indexes: tuple[int, ...]) -> Iterator[dict[int, torch.Tensor]]:
+    """Forward hooks on ``encoder.blocks[i]``; yields a dict filled with each block's ``BxgxgxD`` output."""
+    captured: dict[int, torch.Tensor] = {}
+    handles = []
+    for index in sorted(set(indexes)):
+        def hook(_module: torch.nn.Module, _inputs: Any, output: torch.Tensor, index: int = index) -> None:
+            captured[index] = output
+        handles.append(encoder.blocks[index].register_forward_hook(hook))
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def encode_slices(
+    loaded: LoadedModel,
+    images: np.ndarray,
+    valid_hw: tuple[int, int] | np.ndarray | None = None,
+    with_features: bool = False,
+    device: str | torch.device = "cpu",
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Run the frozen image encoder on one batch of model-frame slices.
+
+    Runs under ``torch.inference_mode``: fp32 on CPU, bf16 autocast on CUDA. The encoder must already
+    be on ``device``.
+
+    Args:
+        images: ``BxSxS`` or ``BxSxSx3`` uint8 in the model frame (``S = spec.image_size``).
+        valid_hw: unpadded ``(h, w)`` or ``Bx2`` of them (see
+            :func:`~samadapt.models.preprocess.to_model_input`).
+
+    Returns:
+        ``(B, C, g, g)`` float16 embeddings and, with features, ``(B, 3, D, g, g)`` float16 (else None).
+    """
+    encoder = loaded.sam.image_encoder
+    device = torch.device(device)
+    x = to_model_input(images, loaded.spec, valid_hw).to(device)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    )
+    indexes = loaded.spec.feature_block_indexes if with_features else ()
+    with torch.inference_mode(), autocast, _capture_blocks(encoder, indexes) as captured:
+        emb = encoder(x)
+        feats = (
+            torch.stack([captured[i].permute(0, 3, 1, 2) for i in indexes], dim=1) if with_features else None
+        )
+    emb_np = emb.to(torch.float16).cpu().numpy()
+    feats_np = feats.to(torch.float16).cpu().numpy() if feats is not None else None
+    return emb_np, feats_np
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``device`` as a :class:`torch.device`; :class:`ConfigError` when it is malformed or not present."""
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device '{device}' is not a torch device; use cpu, cuda or cuda:<index>") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device '{device}' requested but no CUDA GPU is available; use --device cpu")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise ConfigError(f"device '{device}': only {torch.cuda.device_count()} CUDA device(s) here")
+    return resolved
+
+
+def _open_partial(path: Path, shape: tuple[int, ...], resume: bool) -> np.memmap:
+    """Reopen a ``.partial`` memmap of ``shape`` for writing, or create it (fresh) when that fails."""
+    if resume and path.is_file():
+        try:
+            mm = np.lib.format.open_memmap(path, mode="r+")
+            if mm.shape == shape and mm.dtype == STORE_DTYPE:
+                return mm
+            del mm
+        except (OSError, ValueError):
+            pass
+    return np.lib.format.open_memmap(path, mode="w+", dtype=STORE_DTYPE, shape=shape)
+
+
+def _check_prepared(prepared: PreparedLike, spec: ModelSpec) -> None:
+    if int(prepared.image_size) != spec.image_size:
+        raise ConfigError(
+            f"{prepared.root}: prepared at {prepared.image_size} px but model '{spec.name}' takes "
+            f"{spec.image_size} px; rerun `samadapt prepare` with --image-size {spec.image_size} or pick "
+            "another model"
+        )
+
+
+def compute_embeddings(
+    prepared: PreparedLike,
+    loaded: LoadedModel,
+    out: str | os.PathLike[str] | None = None,
+    batch_size: int = 8,
+    with_features: bool = False,
+    device: str | torch.device = "cpu",
+    progress: Progress | None = None,
+) -> EmbeddingCache:
+    """Embed every slice of a prepared dataset with the frozen image encoder, resuming any earlier run.
+
+    Args:
+        prepared: a :class:`~samadapt.data.prepared.PreparedDataset` at the model's image size.
+        loaded: the model. Only its image encoder runs. It is moved to ``device`` for the run and back
+            afterwards.
+        out: cache folder; default ``<prepared.root>/embeddings/<signature[:16]>``.
+        batch_size: slices per encoder call. Resuming with another batch size works, but the bytes are
+            then only fp16-close to an uninterrupted run.
+        with_features: also store the multi-level block outputs (``(S, 3, D, g, g)`` per case).
+        device: where the encoder runs (``"cpu"``, ``"cuda"``, ...).
+        progress: ``progress(done_slices, total_slices)``, called at the start and after every batch.
+
+    Returns:
+        The finished :class:`EmbeddingCache`.
+
+    Raises:
+        CacheError: ``out`` holds a cache computed with another model, data or features flag.
+        ConfigError: the dataset was prepared at another image size than the model's.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be at least 1, got {batch_size}")
+    device = resolve_device(device)
+    spec = loaded.spec
+    _check_prepared(prepared, spec)
+    signature = cache_signature(loaded, prepared.hash, with_features)
+    root = Path(out) if out is not None else default_cache_dir(prepared, signature)
+    case_ids = prepared.case_ids()
+    n_slices = {cid: int(prepared.images(cid).shape[0]) for cid in case_ids}
+
+    info_path = root / CACHE_FILE
+    if info_path.is_file():
+        info = EmbeddingCache(root).info
+        if info["signature"] != signature:
+            raise CacheError(
+                f"{root}: holds embeddings computed with another model or data (or --features setting); "
+                "delete the folder or choose another output folder"
+            )
+    else:
+        root.mkdir(parents=True, exist_ok=True)
+        info = {
+            "format": CACHE_FORMAT, "signature": signature, "model": spec.name,
+            "checkpoint": str(loaded.checkpoint) if loaded.checkpoint else None,
+            "architecture": spec.architecture(), "prepared_root": str(prepared.root),
+            "prepared_hash": prepared.hash, "dtype": np.dtype(STORE_DTYPE).name,
+            "with_features": with_features,
+            "embedding_shape": list(embedding_shape(spec)),
+            "feature_shape": list(feature_shape(spec)) if with_features else None,
+            "feature_blocks": list(spec.feature_block_indexes) if with_features else None,
+            "bytes_per_slice": bytes_per_slice(spec, with_features), "cases": {},
+        }
+    cases: dict[str, dict] = info["cases"]
+    total = sum(n_slices.values())
+
+    def done_slices() -> int:
+        return sum(
+            n_slices[c] if cases.get(c, {}).get("complete") else int(cases.get(c, {}).get("done_slices", 0))
+            for c in case_ids
+        )
+
+    encoder = loaded.sam.image_encoder
+    home = next(encoder.parameters()).device
+    encoder.to(device)
+    try:
+        if progress is not None:
+            progress(done_slices(), total)
+        for cid in case_ids:
+            emb_final, feat_final = _final_paths(root, cid)
+            state = cases.get(cid, {})
+            if state.get("complete") and emb_final.is_file() and (feat_final.is_file() or not with_features):
+                continue
+            S = n_slices[cid]
+            emb_part = emb_final.with_name(emb_final.name + ".partial")
+            feat_part = feat_final.with_name(feat_final.name + ".partial")
+            start = int(state.get("done_slices", 0)) if not state.get("complete") else 0
+            resume = start > 0 and emb_part.is_file() and (feat_part.is_file() or not with_features)
+            start = start if resume else 0
+            images = prepared.images(cid)
+            if images.shape[1:3] != (spec.image_size, spec.image_size):
+                raise DatasetError(
+                    f"{Path(prepared.root) / 'cases' / cid}: slices are {tuple(images.shape[1:3])}, not the "
+                    f"manifest's {spec.image_size} px; rerun `samadapt prepare`"
+                )
+            emb_mm = _open_partial(emb_part, (S, *embedding_shape(spec)), resume)
+            feat_mm = _open_partial(feat_part, (S, *feature_shape(spec)), resume) if with_features else None
+            cases[cid] = {"n_slices": S, "done_slices": start, "complete": False}
+            valid_hw = prepared.meta(cid).get("valid_hw")
+            valid = None if valid_hw is None else np.asarray(valid_hw, dtype=np.int64)
+            for lo in range(start, S, batch_size):
+                hi = min(lo + batch_size, S)
+                hw = valid[lo:hi] if valid is not None and valid.ndim == 2 else valid
+                emb, feats = encode_slices(loaded, np.array(images[lo:hi]), hw, with_features, device)
+                emb_mm[lo:hi] = emb
+                emb_mm.flush()
+                if feat_mm is not None:
+                    feat_mm[lo:hi] = feats
+                    feat_mm.flush()
+                cases[cid]["done_slices"] = hi
+                write_json_atomic(info_path, info)
+                if progress is not None:
+                    progress(done_slices(), total)
+            del emb_mm, feat_mm
+            if with_features:
+                os.replace(feat_part, feat_final)
+            os.replace(emb_part, emb_final)
+            cases[cid]["complete"] = True
+            write_json_atomic(info_path, info)
+    finally:
+        encoder.to(home)
+    if not info_path.is_file():  # a dataset without cases still leaves a valid (empty) cache
+        write_json_atomic(info_path, info)
+    return EmbeddingCache(root)
+
+
+def open_cache(
+    prepared: PreparedLike,
+    loaded: LoadedModel,
+    with_features: bool = False,
+    root: str | os.PathLike[str] | None = None,
+) -> EmbeddingCache:
+    """Open the finished cache of ``loaded`` on ``prepared``, verifying signature and completeness.
+
+    Without ``with_features``, a cache computed with features serves as well: it holds the same
+    embeddings. ``root`` overrides the default location ``<prepared.root>/embeddings/<signature[:16]>``.
+
+    Raises:
+        CacheError: no cache, a cache of another model or data, or an unfinished one.
+    """
+    _check_prepared(prepared, loaded.spec)
+    digest = encoder_digest(loaded)
+    accepted = [cache_signature(loaded, prepared.hash, with_features, digest)]
+    if not with_features:
+        accepted.append(cache_signature(loaded, prepared.hash, True, digest))
+    if root is None:
+        folders = [default_cache_dir(prepared, sig) for sig in accepted]
+        found = [f for f in folders if (f / CACHE_FILE).is_file()]
+        if not found:
+            features = " --features" if with_features else ""
+            raise CacheError(
+                f"{Path(prepared.root) / 'embeddings'}: no embedding cache for model '{loaded.spec.name}' on "
+                f"this data; run `samadapt embed {prepared.root}{features}` with that model"
+            )
+        root = found[0]
+    cache = EmbeddingCache(root)
+    if cache.signature not in accepted:
+        raise CacheError(
+            f"{cache.root}: embedding cache was computed with another model or data"
+            f"{' or without features' if with_features else ''}; rerun `samadapt embed`"
+        )
+    missing = [cid for cid in prepared.case_ids() if cid not in set(cache.case_ids)]
+    if missing:
+        n_cases = len(prepared.case_ids())
+        raise CacheError(
+            f"{cache.root}: embedding cache is incomplete ({len(missing)} of {n_cases} cases missing, "
+            f"e.g. '{missing[0]}'); rerun `samadapt embed` to finish it"
+        )
+    return cache

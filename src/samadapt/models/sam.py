@@ -1,0 +1,272 @@
+"""Build SAM from ``segment_anything`` classes, load and save SAM-format checkpoints.
+
+A checkpoint here is what ``segment_anything`` itself writes and reads: a plain ``state_dict`` of
+:class:`segment_anything.modeling.Sam`. samadapt adds a JSON sidecar beside it (``model.pth`` ->
+``model.json``) with the architecture, preprocessing, classes and training summary. Any SAM-format file is
+accepted; without a sidecar its architecture is read off the tensor shapes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+from dataclasses import dataclass
+from functools import partial
+from importlib import resources
+from pathlib import Path
+
+import torch
+from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+from samadapt.errors import CheckpointError
+from samadapt.io.atomic import atomic_path, write_json_atomic
+from samadapt.io.checksums import file_sha256
+from samadapt.models.registry import DEFAULT_MODEL, REGISTRY, ModelSpec
+
+CACHE_ENV = "SAMADAPT_CACHE"
+
+
+def build_sam(spec: ModelSpec) -> Sam:
+    """A randomly initialised :class:`Sam` of the architecture ``spec`` (eval mode, CPU)."""
+    grid = spec.embedding_size
+    sam = Sam(
+        image_encoder=ImageEncoderViT(
+            depth=spec.encoder_depth,
+            embed_dim=spec.encoder_embed_dim,
+            img_size=spec.image_size,
+            mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=spec.encoder_num_heads,
+            patch_size=spec.patch_size,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=tuple(spec.encoder_global_attn_indexes),
+            window_size=spec.window_size,
+            out_chans=spec.prompt_embed_dim,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=spec.prompt_embed_dim,
+            image_embedding_size=(grid, grid),
+            input_image_size=(spec.image_size, spec.image_size),
+            mask_in_chans=16,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(
+                depth=2,
+                embedding_dim=spec.prompt_embed_dim,
+                mlp_dim=spec.decoder_mlp_dim,
+                num_heads=spec.decoder_num_heads,
+            ),
+            transformer_dim=spec.prompt_embed_dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=spec.iou_head_hidden_dim,
+        ),
+        pixel_mean=list(spec.pixel_mean),
+        pixel_std=list(spec.pixel_std),
+    )
+    return sam.eval()
+
+
+@dataclass
+class LoadedModel:
+    """A SAM model with its architecture and provenance."""
+
+    sam: Sam
+    spec: ModelSpec
+    checkpoint: Path | None
+    sidecar: dict
+
+
+def cache_dir() -> Path:
+    """Folder for downloaded checkpoints: ``$SAMADAPT_CACHE`` or ``~/.cache/samadapt``."""
+    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "samadapt")).expanduser()
+
+
+def sidecar_path(checkpoint: str | os.PathLike[str]) -> Path:
+    """The JSON sidecar beside a checkpoint: ``model.pth`` -> ``model.json``."""
+    return Path(checkpoint).with_suffix(".json")
+
+
+def packaged_checkpoint(spec: ModelSpec) -> Path:
+    """Path of a checkpoint shipped inside the package (``samadapt/assets``)."""
+    return Path(str(resources.files("samadapt") / "assets" / str(spec.filename)))
+
+
+def _download(spec: ModelSpec, target: Path) -> None:
+    """Download ``spec.url`` to ``target`` (atomically), verifying its sha256."""
+    try:
+        with atomic_path(target) as tmp:
+            with urllib.request.urlopen(str(spec.url), timeout=30) as response, open(tmp, "wb") as out:
+                for chunk in iter(lambda: response.read(1 << 20), b""):
+                    out.write(chunk)
+            if spec.sha256 and file_sha256(tmp) != spec.sha256:
+                raise CheckpointError(
+                    f"{spec.url}: downloaded file fails its sha256 check; delete {target} and try again"
+                )
+    except OSError as err:
+        raise CheckpointError(
+            f"{target}: checkpoint for '{spec.name}' is not there and could not be downloaded ({err}); "
+            f"download {spec.url} on a connected machine and place it at {target}"
+            f" (or set {CACHE_ENV} to the folder that holds it)"
+        ) from None
+
+
+def resolve_checkpoint(model: str, download: bool = True) -> tuple[ModelSpec | None, Path]:
+    """Turn a registry name or a file path into (registry spec or None, checkpoint path).
+
+    Registry names resolve to the packaged file (``tiny``) or to ``cache_dir()/<official filename>``; a
+    missing official file is downloaded when ``download`` is true and the network allows, its sha256
+    verified. Raises :class:`CheckpointError` naming the path and the fix otherwise.
+    """
+    if model in REGISTRY:
+        spec = REGISTRY[model]
+        if spec.packaged:
+            path = packaged_checkpoint(spec)
+            if not path.is_file():
+                raise CheckpointError(
+                    f"{path}: the packaged '{model}' checkpoint is missing; reinstall samadapt, or regenerate it "
+                    "with `samadapt pretrain` (see docs/model_card_tiny.md)"
+                )
+            return spec, path
+        if spec.filename is None:
+            return spec, Path()  # architecture only (test configurations): random weights
+        path = cache_dir() / spec.filename
+        if path.is_file():
+            if spec.sha256 and file_sha256(path) != spec.sha256:
+                raise CheckpointError(
+                    f"{path}: sha256 does not match the official '{model}' checkpoint; the file is corrupt or "
+                    "another model; delete it and download it again"
+                )
+            return spec, path
+        if spec.url is None or not download:
+            where = spec.url or spec.notes or "its publisher"
+            raise CheckpointError(
+                f"{path}: checkpoint for '{model}' not found; download it from {where} and place it there "
+                f"(or set {CACHE_ENV} to the folder that holds it)"
+            )
+        _download(spec, path)
+        return spec, path
+    path = Path(model).expanduser()
+    if not path.is_file():
+        raise CheckpointError(
+            f"{model}: neither a checkpoint file nor a registered model; use one of {', '.join(sorted(REGISTRY))} "
+            "or the path of a SAM-format .pth file"
+        )
+    return None, path
+
+
+def read_state_dict(path: Path, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Load a SAM-format state dict with ``weights_only=True``; unwraps ``{"model": ...}`` wrappers."""
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises several types for corrupt or pickled-object files
+        raise CheckpointError(
+            f"{path}: not a loadable weights-only checkpoint ({type(err).__name__}); pass a SAM state dict "
+            "saved with torch.save(model.state_dict(), path)"
+        ) from None
+    for key in ("model", "state_dict"):
+        if isinstance(data, dict) and key in data and isinstance(data[key], dict):
+            data = data[key]
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise CheckpointError(f"{path}: does not hold a state dict of tensors; pass a SAM-format checkpoint")
+    return data
+
+
+def infer_spec(state_dict: dict[str, torch.Tensor], name: str = "custom") -> ModelSpec:
+    """Read a SAM architecture off the shapes of its state dict.
+
+    Head counts are not stored in the shapes: the encoder's comes from the relative-position tables
+    (``rel_pos_h`` is (2*size-1, head_dim)) and the decoder's assumes SAM's head width of 32 channels.
+    """
+    try:
+        patch_w = state_dict["image_encoder.patch_embed.proj.weight"]  # C x 3 x p x p
+        pos = state_dict["image_encoder.pos_embed"]  # 1 x g x g x C
+        embed_dim, patch = int(patch_w.shape[0]), int(patch_w.shape[2])
+        grid = int(pos.shape[1])
+        depth = 1 + max(int(k.split(".")[2]) for k in state_dict if k.startswith("image_encoder.blocks."))
+        global_idx, window = [], 0
+        head_dim = embed_dim
+        for i in range(depth):
+            rel = state_dict[f"image_encoder.blocks.{i}.attn.rel_pos_h"]
+            head_dim = int(rel.shape[1])
+            size = (int(rel.shape[0]) + 1) // 2
+            if size == grid:
+                global_idx.append(i)
+            else:
+                window = size
+        prompt_dim = int(state_dict["image_encoder.neck.0.weight"].shape[0])
+        mlp_dim = int(state_dict["mask_decoder.transformer.layers.0.mlp.lin1.weight"].shape[0])
+        iou_hidden = int(state_dict["mask_decoder.iou_prediction_head.layers.0.weight"].shape[0])
+    except (KeyError, IndexError, ValueError) as err:
+        raise CheckpointError(f"not a SAM state dict (missing or odd tensor {err})") from None
+    return ModelSpec(
+        name=name, encoder_embed_dim=embed_dim, encoder_depth=depth,
+        encoder_num_heads=max(1, embed_dim // head_dim), encoder_global_attn_indexes=tuple(global_idx),
+        image_size=grid * patch, patch_size=patch, window_size=window, prompt_embed_dim=prompt_dim,
+        decoder_mlp_dim=mlp_dim, decoder_num_heads=max(1, prompt_dim // 32), iou_head_hidden_dim=iou_hidden,
+    )
+
+
+def _describe(spec: ModelSpec) -> str:
+    return (
+        f"ViT width {spec.encoder_embed_dim}, depth {spec.encoder_depth}, input {spec.image_size} px, "
+        f"decoder width {spec.prompt_embed_dim}"
+    )
+
+
+def load_sam(model: str = DEFAULT_MODEL, device: str | torch.device = "cpu", download: bool = True) -> LoadedModel:
+    """Load a SAM model by registry name or checkpoint path, on ``device``, in eval mode.
+
+    The architecture comes from the registry (names), from the sidecar JSON (samadapt checkpoints), or
+    from the tensor shapes (any other SAM-format file). A checkpoint that does not fit the requested
+    architecture raises :class:`CheckpointError` describing both, instead of a key dump.
+    """
+    spec, path = resolve_checkpoint(model, download=download)
+    sidecar: dict = {}
+    if spec is not None and spec.filename is None:
+        return LoadedModel(build_sam(spec).to(device), spec, None, {})
+    if sidecar_path(path).is_file():
+        try:
+            sidecar = json.loads(sidecar_path(path).read_text())
+        except json.JSONDecodeError as err:
+            raise CheckpointError(f"{sidecar_path(path)}: invalid JSON ({err}); fix or delete the sidecar") from None
+    state = read_state_dict(path)
+    try:
+        found = infer_spec(state, name=path.stem)
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}; pass a SAM-format checkpoint") from None
+    if spec is None:
+        arch = sidecar.get("architecture")
+        spec = ModelSpec.from_architecture(sidecar.get("name", path.stem), arch) if arch else found
+    if found.architecture() | {"decoder_num_heads": 0, "encoder_num_heads": 0, "pixel_mean": 0, "pixel_std": 0} != (
+        spec.architecture() | {"decoder_num_heads": 0, "encoder_num_heads": 0, "pixel_mean": 0, "pixel_std": 0}
+    ):
+        raise CheckpointError(
+            f"{path}: checkpoint holds {_describe(found)} but '{spec.name}' expects {_describe(spec)}; "
+            "pass the matching model name or the checkpoint's own path"
+        )
+    sam = build_sam(spec)
+    missing, unexpected = sam.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: {len(missing)} SAM tensors missing and {len(unexpected)} unexpected "
+            f"(e.g. {(missing or unexpected)[0]}); pass a complete SAM-format checkpoint"
+        )
+    return LoadedModel(sam.to(device).eval(), spec, path, sidecar)
+
+
+def save_sam(sam: Sam, spec: ModelSpec, path: str | os.PathLike[str], info: dict | None = None) -> Path:
+    """Save ``sam`` as a plain SAM state dict plus a JSON sidecar, both atomically.
+
+    ``segment_anything.sam_model_registry[...](checkpoint=path)`` loads the ``.pth`` directly (for SAM's
+    own architectures); samadapt reads the sidecar for everything else. ``info`` (classes, preprocessing,
+    training summary) is stored in the sidecar as given.
+    """
+    path = Path(path)
+    state = {k: v.detach().cpu().contiguous() for k, v in sam.state_dict().items()}
+    with atomic_path(path, suffix=".pth") as tmp:
+        torch.save(state, tmp)
+    write_json_atomic(sidecar_path(path), {"name": spec.name, "architecture": spec.architecture(), **(info or {})})
+    return path

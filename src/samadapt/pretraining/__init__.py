@@ -1,0 +1,1 @@
+"""Pretraining the small foundation model (samadapt-tiny) with SAM's promptable recipe on synthetic shapes."""

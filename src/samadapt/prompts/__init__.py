@@ -1,0 +1,1 @@
+"""Prompt generation: boxes and clicks from masks, human-behaviour simulators, error-guided corrections."""

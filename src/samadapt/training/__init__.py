@@ -1,0 +1,1 @@
+"""Training: losses, objectives, the training engine, data pruning."""

@@ -1,0 +1,57 @@
+"""The shipped samadapt-tiny checkpoint: it loads through the registry, says how it was made, and still
+measures what its sidecar and model card state (a regression guard on the shipped weights)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from samadapt.config import PretrainConfig, config_to_dict
+from samadapt.data.shapes import generate_corpus
+from samadapt.models.registry import DEFAULT_MODEL, REGISTRY
+from samadapt.models.sam import load_sam, sidecar_path
+from samadapt.pretraining.evaluate import evaluate_on_shapes
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_sam("tiny")
+
+
+@pytest.fixture(scope="module")
+def sidecar(tiny) -> dict:
+    return json.loads(sidecar_path(tiny.checkpoint).read_text())
+
+
+def test_tiny_is_the_default_and_matches_its_registry_architecture(tiny):
+    assert DEFAULT_MODEL == "tiny"
+    assert tiny.spec.architecture() == REGISTRY["tiny"].architecture()
+    assert sum(p.numel() for p in tiny.sam.parameters()) < 5_000_000
+    assert tiny.checkpoint.stat().st_size <= 20 * 2**20
+
+
+def test_sidecar_records_how_it_was_made(sidecar):
+    training = sidecar["training"]
+    assert training["command"].startswith("samadapt pretrain")
+    assert training["steps"] == training["config"]["steps"]
+    # the defaults of `samadapt pretrain` are the shipped settings, so a plain run reproduces the model
+    assert {k: v for k, v in training["config"].items() if k != "init_from"} == {
+        k: v for k, v in config_to_dict(PretrainConfig()).items() if k != "init_from"
+    }
+    assert set(sidecar["metrics"]) >= {"heldout_box_iou", "heldout_point_iou"}
+
+
+def test_shipped_weights_still_measure_their_recorded_quality(tiny, sidecar):
+    config = PretrainConfig()
+    images, instances = generate_corpus(24, config.eval_seed, tiny.spec.image_size)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        scores = evaluate_on_shapes(tiny.sam, tiny.spec, images, instances, seed=config.eval_seed)
+    finally:
+        torch.set_num_threads(previous)
+    # the sidecar's figure is over 100 held-out images; these are the first 24 of them
+    assert scores["box_iou"] == pytest.approx(sidecar["metrics"]["heldout_box_iou"], abs=0.06)
+    assert scores["point_iou"] < scores["box_iou"]  # one click is ambiguous, a box is not
