@@ -23,26 +23,22 @@ from samadapt.data.phantoms import write_phantom_dataset
 from samadapt.data.prepare import prepare_dataset
 from samadapt.data.shapes import generate_corpus
 from samadapt.evaluation.box_protocol import box_fill_predictions, predict_with_boxes, score_predictions
+from samadapt.evaluation.figures import pyplot, save_figure
 from samadapt.evaluation.metrics import mean_scores, per_class_mean
 from samadapt.evaluation.report import MethodResult, summary_table
-from samadapt.io.atomic import atomic_path, write_json_atomic
+from samadapt.io.atomic import write_json_atomic
 from samadapt.models.embedding_cache import compute_embeddings
 from samadapt.models.registry import REGISTRY
 from samadapt.models.sam import load_sam
-from samadapt.prompts.boxes import boxes_from_masks
+from samadapt.prompts.boxes import boxes_from_masks, masks_from_boxes
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def plot_curve(run: Path, out: Path) -> dict:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
     evals = [r for r in records if "eval_box_iou" in r]
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = pyplot().subplots(figsize=(6.5, 4))
     window = 20
     steps = [r["step"] for r in records]
     for key, label in (("iou_first_box", "train: first-round box IoU"), ("iou_last", "train: last-round IoU")):
@@ -57,10 +53,7 @@ def plot_curve(run: Path, out: Path) -> dict:
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(out, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, out)
     return {"steps": records[-1]["step"], "wall_s": records[-1]["elapsed_s"],
             "eval": [{k: r[k] for k in ("step", "eval_box_iou", "eval_point_iou")} for r in evals]}
 
@@ -71,11 +64,8 @@ def heldout_box_fill_iou(eval_images: int, eval_seed: int, size: int) -> float:
     ious = []
     for inst in instances:
         masks = torch.as_tensor(inst)[None] == torch.unique(torch.as_tensor(inst))[1:, None, None]
-        boxes = boxes_from_masks(masks).long()
-        for mask, (x0, y0, x1, y1) in zip(masks, boxes, strict=True):
-            filled = torch.zeros_like(mask)
-            filled[y0 : y1 + 1, x0 : x1 + 1] = True
-            ious.append(float((filled & mask).sum() / (filled | mask).sum()))
+        filled = masks_from_boxes(boxes_from_masks(masks), *masks.shape[-2:])
+        ious += ((filled & masks).flatten(1).sum(1) / (filled | masks).flatten(1).sum(1)).tolist()
     return sum(ious) / len(ious)
 
 

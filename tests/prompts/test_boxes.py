@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from samadapt.prompts.boxes import boxes_from_masks, jitter_boxes_sam, jitter_boxes_uniform
+from samadapt.prompts.boxes import boxes_from_masks, jitter_boxes_sam, jitter_boxes_uniform, masks_from_boxes
 
 
 def _random_boxes(n: int, image_size: int, min_side: float, max_side: float, seed: int = 0) -> torch.Tensor:
@@ -117,3 +117,13 @@ def test_uniform_jitter_keeps_thin_boxes_inside_and_non_degenerate():
     boxes = torch.tensor(thin, dtype=torch.float32).repeat(300, 1)
     noisy = jitter_boxes_uniform(boxes, 20.0, torch.Generator().manual_seed(9), 128)
     _check_valid(noisy, 128)
+
+
+def test_masks_from_boxes_fills_exactly_the_box_and_inverts_boxes_from_masks():
+    masks = torch.zeros(2, 20, 30, dtype=torch.bool)
+    masks[0, 3:9, 5:17] = True  # a rectangle: its box filled is itself
+    masks[1, 10, 2] = masks[1, 15, 25] = True  # two pixels: the box spans both
+    filled = masks_from_boxes(boxes_from_masks(masks), 20, 30)
+    assert torch.equal(filled[0], masks[0])
+    assert filled[1].sum() == (15 - 10 + 1) * (25 - 2 + 1)
+    assert filled[1, 10, 2] and filled[1, 15, 25] and not filled[1, 9, 2] and not filled[1, 10, 26]

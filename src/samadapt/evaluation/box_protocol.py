@@ -19,7 +19,7 @@ from samadapt.data.prepared import PreparedDataset, SliceObject
 from samadapt.evaluation.metrics import segmentation_scores
 from samadapt.inference.decode import decode, upscale_logits
 from samadapt.models.embedding_cache import EmbeddingCache
-from samadapt.prompts.boxes import boxes_from_masks, jitter_boxes_uniform
+from samadapt.prompts.boxes import boxes_from_masks, jitter_boxes_uniform, masks_from_boxes
 
 
 @dataclass
@@ -75,10 +75,7 @@ def box_fill_predictions(prepared: PreparedDataset, split: str = "test") -> Iter
     """The box-filling baseline: each object's prediction is its own tight box, filled."""
     for case_id, index, objects in slices_with_objects(prepared, split):
         truth = np.stack([prepared.object_mask(case_id, obj) for obj in objects])
-        boxes = boxes_from_masks(torch.as_tensor(truth)).long().numpy()
-        predicted = np.zeros_like(truth)
-        for k, (x0, y0, x1, y1) in enumerate(boxes):
-            predicted[k, y0 : y1 + 1, x0 : x1 + 1] = True
+        predicted = masks_from_boxes(boxes_from_masks(torch.as_tensor(truth)), *truth.shape[-2:]).numpy()
         yield SlicePrediction(case_id, index, objects, predicted, truth)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from samadapt.evaluation.figures import pyplot, save_figure
 from samadapt.evaluation.metrics import METRICS, mean_scores, per_class_mean
 from samadapt.io.atomic import atomic_path, write_json_atomic
 
@@ -58,11 +59,7 @@ def summary_table(methods: list[MethodResult], metric: str = "dice") -> str:
 
 
 def _plot_per_class(methods: list[MethodResult], path: Path, metric: str = "dice") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     classes = list(dict.fromkeys(row["class"] for m in methods for row in m.rows))
     per_class = {m.name: per_class_mean(m.rows) for m in methods}
     width = 0.8 / max(1, len(methods))
@@ -75,19 +72,11 @@ def _plot_per_class(methods: list[MethodResult], path: Path, metric: str = "dice
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _plot_curves(methods: list[MethodResult], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = pyplot().subplots(figsize=(6, 4))
     for m in methods:
         if m.curve:
             its, values = zip(*m.curve, strict=True)
@@ -96,10 +85,7 @@ def _plot_curves(methods: list[MethodResult], path: Path) -> None:
     ax.set_ylabel("validation Dice (mean over classes)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_report(out: Path, title: str, methods: list[MethodResult], context: list[str] | None = None,

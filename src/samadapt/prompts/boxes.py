@@ -65,3 +65,11 @@ def jitter_boxes_uniform(
     x1 = torch.maximum(x1, x0 + 1).clamp(max=image_size - 1)
     y1 = torch.maximum(y1, y0 + 1).clamp(max=image_size - 1)
     return torch.stack([torch.minimum(x0, x1 - 1), torch.minimum(y0, y1 - 1), x1, y1], dim=1)
+
+
+def masks_from_boxes(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Fill ``Nx4`` XYXY boxes (inclusive last pixel) into ``NxHxW`` boolean masks: the box-fill baseline."""
+    ys = torch.arange(height, device=boxes.device).view(1, height, 1)
+    xs = torch.arange(width, device=boxes.device).view(1, 1, width)
+    b = boxes.round().long().view(-1, 4, 1, 1)
+    return (xs >= b[:, 0]) & (xs <= b[:, 2]) & (ys >= b[:, 1]) & (ys <= b[:, 3])
