@@ -180,6 +180,7 @@ class PretrainConfig:
     seed: int = 0
     correction_rounds: int = 1
     mask_only_rounds: int = 1
+    point_first_probability: float = 0.5  # first prompt a click (else a noisy box); SAM's full recipe: 0.5
     full_recipe_fraction: float = 0.05
     eval_every: int = 100
     checkpoint_every: int = 25

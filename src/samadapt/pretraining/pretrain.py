@@ -128,7 +128,11 @@ def _run(run_dir: Path, config: PretrainConfig, spec: ModelSpec, on_step: Callab
             torch.save({"model": sam.state_dict(), "optimizer": optimizer.state_dict(),
                         "generator": generator.get_state(), "step": torch.tensor(step)}, tmp)
 
-    reduced = InteractiveRecipe(correction_rounds=config.correction_rounds, mask_only_rounds=config.mask_only_rounds)
+    reduced = InteractiveRecipe(
+        correction_rounds=config.correction_rounds,
+        mask_only_rounds=config.mask_only_rounds,
+        point_first_probability=config.point_first_probability,
+    )
     full = InteractiveRecipe()
     full_from = int(config.steps * (1 - config.full_recipe_fraction))
     metrics_file = run_dir / "metrics.jsonl"
