@@ -25,7 +25,7 @@ from samadapt.evaluation.box_protocol import (
     predict_with_boxes,
     score_predictions,
 )
-from samadapt.evaluation.overlays import overlay, save_side_by_side
+from samadapt.evaluation.overlays import as_rgb, overlay, save_side_by_side
 from samadapt.evaluation.report import MethodResult, write_report
 from samadapt.models.embedding_cache import compute_embeddings
 from samadapt.models.sam import load_sam
@@ -83,9 +83,8 @@ def _overlays(
     for item in chosen:
         image = np.asarray(prepared.images(item.case_id)[item.slice])
         colours = [classes.index(obj.class_name) for obj in item.objects]
-        plain = np.repeat(image[..., None], 3, -1) if image.ndim == 2 else image
         panel = overlay(image, item.predicted, item.truth, colours)
-        paths.append(save_side_by_side(out / f"overlay_{item.case_id}_s{item.slice:03d}.png", [plain, panel]))
+        paths.append(save_side_by_side(out / f"overlay_{item.case_id}_s{item.slice:03d}.png", [as_rgb(image), panel]))
     return paths
 
 

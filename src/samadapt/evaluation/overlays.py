@@ -17,9 +17,14 @@ PALETTE = np.array([
 ], dtype=np.float32)
 
 
+def as_rgb(image: np.ndarray) -> np.ndarray:
+    """``SxS`` grey or ``SxSx3`` RGB -> ``SxSx3`` (grey replicated to three channels, dtype kept)."""
+    return np.repeat(image[..., None], 3, axis=-1) if image.ndim == 2 else image
+
+
 def overlay(image: np.ndarray, predicted: np.ndarray, truth: np.ndarray, colour_ids: list[int]) -> np.ndarray:
     """``SxS[x3]`` uint8 slice + ``NxSxS`` predicted (filled, 45% opacity) and true (outline) masks -> ``SxSx3``."""
-    rgb = np.repeat(image[..., None], 3, axis=-1).astype(np.float32) if image.ndim == 2 else image.astype(np.float32)
+    rgb = as_rgb(image).astype(np.float32)
     for mask, colour_id in zip(predicted, colour_ids, strict=True):
         colour = PALETTE[colour_id % len(PALETTE)]
         rgb[mask] = 0.55 * rgb[mask] + 0.45 * colour
