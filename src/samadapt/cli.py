@@ -178,6 +178,60 @@ def pretrain_command(
     typer.echo(f"model written to {path} (sidecar {path.with_suffix('.json')})")
 
 
+@app.command("train")
+@user_errors_exit_2
+def train_command(
+    prepared: Path = typer.Argument(..., help="Prepared dataset folder (written by `samadapt prepare`)."),
+    out: Path = typer.Option(..., "--out", help="Run folder: config, checkpoints, metrics, model.pth."),
+    config: Path | None = typer.Option(None, "--config", help="YAML file of training settings."),
+    set_: list[str] | None = typer.Option(None, "--set", help="Override a setting: key=value (repeatable)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+) -> None:
+    """Fine-tune SAM's mask decoder with multi-prompt boxes (or the single-prompt baseline).
+
+    Settings: see `FinetuneConfig` (docs/training.md); e.g. --set prompting=single --set steps=500.
+    """
+    from tqdm import tqdm
+
+    from samadapt.config import FinetuneConfig, load_config, parse_overrides
+    from samadapt.training.finetune import finetune, prepare_run_folder
+
+    overrides = parse_overrides(set_)
+    settings = load_config(FinetuneConfig, config, {**overrides, "data": str(prepared)})
+    if resume:
+        saved = prepare_run_folder(out, settings, resume=True)
+        if config is not None or overrides or Path(saved.data).resolve() != prepared.resolve():
+            from samadapt.errors import ConfigError
+
+            raise ConfigError(f"{out}: --resume continues with the run's saved config.yaml; drop --config/--set "
+                              f"and pass the same PREPARED folder ({saved.data})")
+        settings = saved
+    bars: dict[str, tqdm] = {}
+
+    def embed_progress(done: int, total: int) -> None:
+        bar = bars.setdefault("embed", tqdm(total=total, unit="slice", desc="embed", dynamic_ncols=True))
+        bar.update(done - bar.n)
+
+    def on_step(record: dict) -> None:
+        bar = bars.setdefault("train", tqdm(total=settings.steps, unit="step", desc="train", dynamic_ncols=True))
+        bar.n = record["step"]
+        shown = {"loss": f"{record['loss']:.3f}", "obj/s": f"{record.get('prompts', 0) / record['step_s']:.0f}"}
+        if "val_score" in record:
+            shown["val_dice"] = f"{record['val_score']:.3f}"
+        bar.set_postfix(shown, refresh=True)
+
+    try:
+        if not resume:
+            prepare_run_folder(out, settings, resume=False)
+        result = finetune(out, settings, on_step=on_step, embed_progress=embed_progress)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    if result.best_val_dice is not None:
+        typer.echo(f"best validation Dice {result.best_val_dice:.3f} at step {result.best_step}: {result.best}")
+    typer.echo(f"model written to {result.model} (sidecar {result.model.with_suffix('.json')})")
+
+
 @app.command("demo")
 @user_errors_exit_2
 def demo_command(
@@ -196,6 +250,34 @@ def demo_command(
 
     summary = run_demo(out, fast=fast, device=device, model=model, bars=bars)
     typer.echo(f"report: {summary}")
+
+
+@app.command("eval")
+@user_errors_exit_2
+def eval_command(
+    prepared: Path = typer.Argument(..., help="Prepared dataset folder (written by `samadapt prepare`)."),
+    model: list[str] | None = typer.Option(
+        None, "--model", help="Registry name or SAM-format checkpoint path (repeatable; default: tiny)."
+    ),
+    split: str = typer.Option("test", "--split", help="Split to evaluate: train, val or test."),
+    jitter: str = typer.Option("0,5,10,20", "--jitter", help="Box jitter levels in model-frame pixels (comma list)."),
+    out: Path = typer.Option(Path("samadapt-eval"), "--out", help="Report folder (an earlier report is replaced)."),
+    device: str = typer.Option("cpu", "--device", help="Torch device: cpu, cuda, cuda:1 ..."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the box jitter noise."),
+) -> None:
+    """Box-prompt evaluation of models side by side: 2D and 3D scores, jitter sensitivity, overlays."""
+    from tqdm import tqdm
+
+    from samadapt.evaluation.model_comparison import evaluate_models, parse_jitters
+
+    levels = parse_jitters(jitter)
+
+    def bars(desc: str, total: int | None):
+        return tqdm(desc=desc, total=total, unit="slice", dynamic_ncols=True)
+
+    summary = evaluate_models(prepared, model or ["tiny"], out, split=split, jitters=levels, device=device,
+                              seed=seed, bars=bars)
+    typer.echo(str(summary))
 
 
 @app.command("phantoms")

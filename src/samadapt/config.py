@@ -181,8 +181,117 @@ class PretrainConfig:
     correction_rounds: int = 1
     mask_only_rounds: int = 1
     point_first_probability: float = 0.5  # first prompt a click (else a noisy box); SAM's full recipe: 0.5
+    # The first steps prompt with noisy boxes only, one round, no corrections: ~3x cheaper per step, and the
+    # fastest way out of the empty-mask plateau every from-scratch run starts on (docs/model_card_tiny.md).
+    box_warmup_fraction: float = 0.0
     full_recipe_fraction: float = 0.05
     eval_every: int = 100
     checkpoint_every: int = 25
     threads: int = 2
     init_from: str | None = None  # a SAM checkpoint to continue from (a second phase), instead of random weights
+
+    def __post_init__(self) -> None:
+        for key in ("box_warmup_fraction", "full_recipe_fraction", "point_first_probability", "min_lr_fraction"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise ConfigError(f"pretrain setting {key}={value!r}: use a fraction between 0 and 1")
+        if self.box_warmup_fraction + self.full_recipe_fraction > 1:
+            raise ConfigError("pretrain settings box_warmup_fraction + full_recipe_fraction exceed 1; lower one")
+
+
+LESION_KEYWORDS = ("lesion", "tumor", "tumour", "cancer", "metast", "nodule", "cyst", "mass")
+
+
+@dataclasses.dataclass
+class FinetuneConfig:
+    """``samadapt train``: fine-tune SAM's mask decoder on a prepared dataset, from its embedding cache.
+
+    Prompting (``prompting``): ``multi`` prompts every object of a slice at once, a batch of N boxes on one
+    image embedding decoded in one pass (at most ``max_prompts_per_slice``, a random subset beyond that);
+    ``single`` is the baseline that prompts one random object per slice per step.
+
+    Box prompts come from the ground truth, perturbed (``box_noise``): ``medsam`` moves each side outward
+    by U(0, shift) pixels, MedSAM's 0-20 px at 1024 scaled to the model frame; ``sam`` adds N(0,
+    ``sam_noise_std`` x side) to each coordinate, capped at the shift; ``none`` keeps tight boxes. The
+    shift is ``organ_box_shift_px`` or ``lesion_box_shift_px`` (model-frame pixels) by object type, and
+    never more than ``box_shift_max_fraction`` of the box side, so small lesions keep informative boxes.
+    Lesion classes are ``lesion_classes``, or by default every class whose name contains one of
+    :data:`LESION_KEYWORDS`.
+
+    Loss per prompt: Dice + BCE (``loss: dice+focal`` swaps BCE for focal) at the model-input resolution,
+    plus ``iou_weight`` x MSE of the IoU head; reduced over the prompts of a slice by ``prompt_reduction``:
+    ``mean``, or ``max`` (back-propagate the largest per-prompt loss, the multi-prompt paper's choice).
+
+    Engine: AdamW, linear warm-up then cosine to ``min_lr_fraction`` x ``lr``, ``grad_accum`` micro-batches
+    of ``batch_size`` slices per step, gradient clipping, bf16/fp16 autocast on CUDA when ``amp`` (never on
+    CPU), checkpoints every ``checkpoint_every`` steps, validation Dice on ``val_split`` every
+    ``eval_every`` steps (the best step is kept as ``best.pth``).
+    """
+
+    data: str = ""  # the prepared dataset folder (set by `samadapt train PREPARED`)
+    model: str = "tiny"
+    prompting: str = "multi"
+    max_prompts_per_slice: int = 32
+    train_prompt_encoder: bool = False
+    box_noise: str = "medsam"
+    organ_box_shift_px: float = 5.0
+    lesion_box_shift_px: float = 2.0
+    box_shift_max_fraction: float = 0.25
+    sam_noise_std: float = 0.1
+    lesion_classes: list[str] | None = None
+    loss: str = "dice+bce"
+    iou_weight: float = 1.0
+    prompt_reduction: str = "mean"
+    steps: int = 300
+    batch_size: int = 4
+    grad_accum: int = 1
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 20
+    min_lr_fraction: float = 0.05
+    grad_clip: float = 1.0
+    amp: bool = True
+    seed: int = 0
+    checkpoint_every: int = 50
+    eval_every: int = 50
+    val_split: str = "val"
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        def bad(what: str) -> ConfigError:
+            return ConfigError(f"train setting {what}")
+
+        choices = {"prompting": ("multi", "single"), "box_noise": ("medsam", "sam", "none"),
+                   "loss": ("dice+bce", "dice+focal"), "prompt_reduction": ("mean", "max"),
+                   "val_split": ("train", "val", "test")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise bad(f"{key}={getattr(self, key)!r}: use one of {', '.join(allowed)}")
+        positive = ("max_prompts_per_slice", "steps", "batch_size", "grad_accum", "checkpoint_every", "eval_every")
+        for key in positive:
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise bad(f"{key}={value!r}: use an integer >= 1")
+        for key in ("warmup_steps", "seed"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise bad(f"{key}={value!r}: use an integer >= 0")
+        non_negative = ("organ_box_shift_px", "lesion_box_shift_px", "box_shift_max_fraction", "sam_noise_std",
+                        "iou_weight", "weight_decay", "grad_clip")
+        for key in non_negative:
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise bad(f"{key}={value!r}: use a number >= 0")
+        if not isinstance(self.lr, (int, float)) or not self.lr > 0:
+            raise bad(f"lr={self.lr!r}: use a positive number, e.g. 1e-4")
+        if not isinstance(self.min_lr_fraction, (int, float)) or not 0 <= self.min_lr_fraction <= 1:
+            raise bad(f"min_lr_fraction={self.min_lr_fraction!r}: use a fraction between 0 and 1")
+        if isinstance(self.lesion_classes, str):
+            self.lesion_classes = [c.strip() for c in self.lesion_classes.split(",") if c.strip()]
+        self.data = str(self.data)
+
+    def is_lesion(self, class_name: str) -> bool:
+        """Whether ``class_name`` gets the lesion box range (see the class docstring)."""
+        if self.lesion_classes is not None:
+            return class_name in self.lesion_classes
+        return any(key in class_name.lower() for key in LESION_KEYWORDS)

@@ -60,7 +60,7 @@ def test_instances_are_numbered_without_gaps_and_above_min_area(corpus):
         k = int(inst.max())
         assert k >= 1
         assert labels == set(range(1, k + 1))
-        assert np.bincount(inst.ravel())[1:].min() >= 40  # default min_area
+        assert np.bincount(inst.ravel())[1:].min() >= 80  # default min_area
 
 
 def test_min_area_and_object_count_are_honoured():
@@ -101,3 +101,16 @@ def test_objects_differ_from_their_surroundings(corpus):
     assert len(contrasts) > 50
     assert np.mean(contrasts) > 25  # measured ~54 grey levels
     assert np.median(contrasts) > 20
+
+
+def test_mostly_hidden_objects_lose_their_label():
+    """Requiring objects to be fully visible keeps a subset of the objects kept when any visibility will do."""
+    dropped = 0
+    for i in range(6):
+        lenient = generate_shape_image(np.random.default_rng([7, i]), size=SIZE, min_visible_fraction=0.0)
+        strict = generate_shape_image(np.random.default_rng([7, i]), size=SIZE, min_visible_fraction=1.0)
+        np.testing.assert_array_equal(lenient.image, strict.image)  # same picture, fewer labels
+        assert ((strict.instances > 0) <= (lenient.instances > 0)).all()
+        assert strict.instances.max() <= lenient.instances.max()
+        dropped += int(lenient.instances.max()) - int(strict.instances.max())
+    assert dropped > 0

@@ -23,6 +23,9 @@ def micro_checkpoint(tmp_path_factory) -> Path:
     return save_sam(build_sam(spec), spec, tmp_path_factory.mktemp("model") / "micro.pth")
 
 
+PLAN = DemoPlan(cases=4, train_steps=4, eval_every=2)
+
+
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory, micro_checkpoint) -> tuple[Path, Path]:
     out = tmp_path_factory.mktemp("demo")
@@ -42,8 +45,8 @@ def demo_run(tmp_path_factory, micro_checkpoint) -> tuple[Path, Path]:
         def __exit__(self, *exc) -> None:
             return None
 
-    summary = run_demo(out, model=str(micro_checkpoint), plan=DemoPlan(cases=3), bars=lambda d, t: Bar(d))
-    assert stages == ["phantoms", "prepare", "embed", "zero-shot eval"]
+    summary = run_demo(out, model=str(micro_checkpoint), plan=PLAN, bars=lambda d, t: Bar(d))
+    assert stages == ["phantoms", "prepare", "embed", "zero-shot eval", "single-prompt FT", "multi-prompt FT"]
     return out, summary
 
 
@@ -60,22 +63,27 @@ def test_report_has_tables_plots_and_overlays(demo_run):
         assert f"overlays/{overlay.name}" in text
     rows = list(csv.DictReader((report / "per_object.csv").open()))
     methods = {row["method"] for row in rows}
-    assert methods == {"zero-shot micro (box)", "box-fill baseline"}
+    assert methods == {"zero-shot micro (box)", "box-fill baseline", "single-prompt FT", "multi-prompt FT"}
     # both methods scored the very same objects
     per_method = {m: sorted((r["case_id"], r["slice"], r["class"]) for r in rows if r["method"] == m) for m in methods}
     assert len(set(map(tuple, per_method.values()))) == 1
     summary_json = json.loads((report / "summary.json").read_text())
     fill = summary_json["box-fill baseline"]["overall"]
     assert 0.3 < fill["dice"] < 1.0  # a filled box overlaps a convex organ substantially, never perfectly
+    multi = summary_json["multi-prompt FT"]
+    assert multi["iterations"] == 4 and [step for step, _ in multi["curve"]] == [0, 2, 4]
+    assert multi["overall"]["dice"] != summary_json["zero-shot micro (box)"]["overall"]["dice"]
+    assert (report / "dice_vs_iterations.png").stat().st_size > 1000
 
 
-def test_rerun_reuses_data_and_cache(demo_run, micro_checkpoint):
+def test_rerun_reuses_data_cache_and_finished_runs(demo_run, micro_checkpoint):
     out, _ = demo_run
-    cache_files = sorted(p for p in (out / "data" / "prepared" / "embeddings").rglob("*.npy"))
-    before = {p: p.stat().st_mtime_ns for p in cache_files}
+    kept = sorted(p for p in (out / "data" / "prepared" / "embeddings").rglob("*.npy"))
+    kept += sorted((out / "runs").rglob("*.pth"))
+    before = {p: p.stat().st_mtime_ns for p in kept}
     manifest = (out / "data" / "prepared" / "manifest.json").read_text()
-    run_demo(out, model=str(micro_checkpoint), plan=DemoPlan(cases=3))
-    assert {p: p.stat().st_mtime_ns for p in cache_files} == before
+    run_demo(out, model=str(micro_checkpoint), plan=PLAN)
+    assert {p: p.stat().st_mtime_ns for p in kept} == before
     assert (out / "data" / "prepared" / "manifest.json").read_text() == manifest
 
 

@@ -20,13 +20,6 @@ S = SPEC.image_size  # 64
 LOW = SPEC.low_res_mask_size  # 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def _model(seed: int = 0):
     with torch.random.fork_rng(devices=[]):

@@ -23,13 +23,6 @@ CONFIG = PretrainConfig(
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)  # pretrain sets the thread count from its config
-
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> dict:
@@ -192,3 +185,18 @@ def test_a_second_phase_refuses_another_architecture(finished, tmp_path):
     tiny_config = dataclasses.replace(CONFIG, model="tiny", init_from=str(finished["path"]))
     with pytest.raises(ConfigError, match="init_from"):
         pretrain(tmp_path / "phase2", tiny_config)
+
+
+def test_box_warmup_steps_prompt_boxes_only_in_one_round(tmp_path):
+    config = dataclasses.replace(CONFIG, box_warmup_fraction=0.5, full_recipe_fraction=0.0, eval_every=10)
+    records: list[dict] = []
+    pretrain(tmp_path / "run", config, on_step=records.append)
+    assert [r["rounds"] for r in records] == [1, 1, 3, 3]
+    assert all("iou_first_point" not in r for r in records[:2])
+
+
+def test_phase_fractions_are_checked():
+    with pytest.raises(ConfigError, match="exceed 1"):
+        PretrainConfig(box_warmup_fraction=0.9, full_recipe_fraction=0.2)
+    with pytest.raises(ConfigError, match="box_warmup_fraction"):
+        PretrainConfig(box_warmup_fraction=1.5)

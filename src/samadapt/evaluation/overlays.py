@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
 from samadapt.io.atomic import atomic_path
+
+if TYPE_CHECKING:
+    from samadapt.data.prepared import PreparedDataset
+    from samadapt.evaluation.box_protocol import SlicePrediction
 
 PALETTE = np.array([
     (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
@@ -39,3 +45,39 @@ def save_side_by_side(path: Path, panels: list[np.ndarray]) -> Path:
     with atomic_path(path, suffix=".png") as tmp:
         Image.fromarray(np.concatenate(panels, axis=1)).save(tmp, format="PNG")
     return path
+
+
+def save_overlays(
+    prepared: PreparedDataset,
+    columns: Sequence[Sequence[SlicePrediction]],
+    out: Path,
+    classes: list[str],
+    count: int = 3,
+) -> list[Path]:
+    """Side-by-side PNGs of the ``count`` slices with most objects: the slice, then one panel per column.
+
+    Args:
+        prepared: the dataset the predictions come from (for the slice images).
+        columns: one list of predictions per method (e.g. per model), in panel order. The slices are chosen
+            from the first column (most objects, then case id and slice index); every other column must
+            hold the same slices.
+        out: folder of the PNGs, ``overlay_<case_id>_s<slice:03d>.png``.
+        classes: class names; an object's colour is its class's position in this list.
+        count: how many slices.
+
+    Each panel shows a method's predicted masks filled, with the true outlines on top (model frame).
+    """
+    if not columns:
+        return []
+    chosen = sorted(columns[0], key=lambda p: (-len(p.objects), p.case_id, p.slice))[:count]
+    lookup = [{(p.case_id, p.slice): p for p in column} for column in columns]
+    paths = []
+    for first in chosen:
+        image = np.asarray(prepared.images(first.case_id)[first.slice])
+        colours = [classes.index(obj.class_name) for obj in first.objects]
+        panels = [as_rgb(image)]
+        for by_key in lookup:
+            item = by_key[(first.case_id, first.slice)]
+            panels.append(overlay(image, item.predicted, item.truth, colours))
+        paths.append(save_side_by_side(out / f"overlay_{first.case_id}_s{first.slice:03d}.png", panels))
+    return paths

@@ -10,13 +10,14 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from samadapt.evaluation.figures import pyplot, save_figure
-from samadapt.evaluation.metrics import METRICS, mean_scores, per_class_mean
+from samadapt.evaluation.metrics import METRICS, mean_scores, per_case_mean, per_class_mean
 from samadapt.io.atomic import atomic_path, write_json_atomic
 
 
@@ -58,6 +59,37 @@ def summary_table(methods: list[MethodResult], metric: str = "dice") -> str:
     return "\n".join(lines)
 
 
+def per_case_table(methods: list[MethodResult], metric: str = "dice") -> str:
+    """Markdown table: one row per case (and the mean over cases), one column per method, ``metric`` x 100.
+
+    Each case averages all its objects with equal weight (:func:`~samadapt.evaluation.metrics.per_case_mean`).
+    """
+    cases = list(dict.fromkeys(row["case_id"] for m in methods for row in m.rows))
+    per_case = {m.name: per_case_mean(m.rows) for m in methods}
+    lines = ["| case | n | " + " | ".join(m.name for m in methods) + " |", "|" + "---|" * (len(methods) + 2)]
+    for case in cases:
+        n = next((per_case[m.name][case]["n"] for m in methods if case in per_case[m.name]), 0)
+        cells = [_fmt(per_case[m.name].get(case, {}).get(metric)) for m in methods]
+        lines.append(f"| {case} | {n} | " + " | ".join(cells) + " |")
+    means = [_fmt(float(np.nanmean([v[metric] for v in per_case[m.name].values()])) if per_case[m.name] else None)
+             for m in methods]
+    lines.append("| **mean over cases** | | " + " | ".join(means) + " |")
+    return "\n".join(lines)
+
+
+def write_csv_atomic(path: Path, rows: Sequence[Mapping[str, object]], fields: Sequence[str] | None = None) -> Path:
+    """Write ``rows`` as CSV atomically; columns are ``fields`` or every key of the rows in first-seen order."""
+    if fields is None:
+        fields = list(dict.fromkeys(key for row in rows for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(fields), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_path(path, suffix=".csv") as tmp:
+        tmp.write_text(buffer.getvalue())
+    return path
+
+
 def _plot_per_class(methods: list[MethodResult], path: Path, metric: str = "dice") -> None:
     plt = pyplot()
     classes = list(dict.fromkeys(row["class"] for m in methods for row in m.rows))
@@ -89,18 +121,28 @@ def _plot_curves(methods: list[MethodResult], path: Path) -> None:
 
 
 def write_report(out: Path, title: str, methods: list[MethodResult], context: list[str] | None = None,
-                 overlays: list[Path] | None = None) -> Path:
-    """Write ``summary.md``, ``per_object.csv``, ``summary.json`` and plots into ``out``; returns summary.md."""
+                 overlays: list[Path] | None = None, sections: list[str] | None = None,
+                 tables: Mapping[str, Sequence[Mapping[str, object]]] | None = None,
+                 per_object: Sequence[Mapping[str, object]] | None = None) -> Path:
+    """Write ``summary.md``, ``per_object.csv``, ``summary.json`` and plots into ``out``; returns summary.md.
+
+    Optional extras, for reports that score more than the summary methods:
+
+    - ``sections``: Markdown lines placed after the per-class tables (before the cost table).
+    - ``tables``: ``{name: rows}`` written as ``<name>.csv`` (columns: the rows' keys, first-seen order).
+    - ``per_object``: rows for ``per_object.csv`` instead of the methods' rows (each with a ``method`` key);
+      columns are the standard ones followed by any other keys of the rows, e.g. a jitter level.
+    """
     out.mkdir(parents=True, exist_ok=True)
     fields = ["method", "case_id", "slice", "class", "instance", "area", *METRICS]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
-    writer.writeheader()
-    for m in methods:
-        for row in m.rows:
-            writer.writerow({"method": m.name, **row})
-    with atomic_path(out / "per_object.csv", suffix=".csv") as tmp:
-        tmp.write_text(buffer.getvalue())
+    if per_object is None:
+        write_csv_atomic(out / "per_object.csv", [{"method": m.name, **row} for m in methods for row in m.rows],
+                         fields)
+    else:
+        extra = [key for key in dict.fromkeys(k for row in per_object for k in row) if key not in fields]
+        write_csv_atomic(out / "per_object.csv", per_object, [*fields, *extra])
+    for name, rows in (tables or {}).items():
+        write_csv_atomic(out / f"{name}.csv", rows)
     summary = {m.name: {"overall": mean_scores(m.rows), "per_class": per_class_mean(m.rows),
                         "iterations": m.iterations, "wall_s": m.wall_s, "curve": m.curve, "notes": m.notes}
                for m in methods}
@@ -113,6 +155,8 @@ def write_report(out: Path, title: str, methods: list[MethodResult], context: li
     lines += [*(context or []), ""]
     lines += ["## Dice per class (x100)", "", summary_table(methods, "dice"), ""]
     lines += ["## NSD per class (x100)", "", summary_table(methods, "nsd"), ""]
+    if sections:
+        lines += [*sections, ""]
     lines += ["## Cost", "", "| method | iterations | wall time (s) | notes |", "|---|---|---|---|"]
     for m in methods:
         wall = f"{m.wall_s:.1f}" if m.wall_s is not None else "-"

@@ -9,7 +9,6 @@ A killed run started again with the same folder continues from its last checkpoi
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -27,15 +26,12 @@ from samadapt.models.registry import REGISTRY, ModelSpec
 from samadapt.models.sam import build_sam, load_sam, save_sam
 from samadapt.pretraining.evaluate import evaluate_on_shapes
 from samadapt.pretraining.interactive import InteractiveRecipe, interactive_loss
+from samadapt.training.engine import EngineSettings, lr_factor, truncate_metrics
 
 
 def learning_rate(config: PretrainConfig, step: int) -> float:
     """Linear warm-up to ``lr``, then cosine decay to ``min_lr_fraction * lr`` at the last step."""
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-    floor = config.min_lr_fraction
-    return config.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+    return config.lr * lr_factor(EngineSettings.from_config(config), step)
 
 
 def _load_corpus(run_dir: Path, n: int, seed: int, size: int, progress) -> tuple[np.ndarray, np.ndarray]:
@@ -55,21 +51,6 @@ def _augment(image: np.ndarray, inst: np.ndarray, code: int) -> tuple[np.ndarray
         image, inst = image[:, ::-1], inst[:, ::-1]
     k = code & 3
     return np.rot90(image, k).copy(), np.rot90(inst, k).copy()
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop records after ``step`` (written after the last checkpoint of an interrupted run)."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["step"] <= step:
-                kept.append(line)
-        except (json.JSONDecodeError, KeyError):  # a line cut short by the interruption
-            continue
-    with atomic_path(path, suffix=".jsonl") as tmp:
-        tmp.write_text("".join(line + "\n" for line in kept))
 
 
 def pretrain(
@@ -121,7 +102,7 @@ def _run(run_dir: Path, config: PretrainConfig, spec: ModelSpec, on_step: Callab
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
         step = int(state["step"])
-        _truncate_metrics(run_dir / "metrics.jsonl", step)
+        truncate_metrics(run_dir / "metrics.jsonl", step)
 
     def checkpoint() -> None:
         with atomic_path(state_path, suffix=".pt") as tmp:
@@ -134,11 +115,13 @@ def _run(run_dir: Path, config: PretrainConfig, spec: ModelSpec, on_step: Callab
         point_first_probability=config.point_first_probability,
     )
     full = InteractiveRecipe()
+    box_only = InteractiveRecipe(correction_rounds=0, mask_only_rounds=0, point_first_probability=0.0)
+    box_until = int(config.steps * config.box_warmup_fraction)
     full_from = int(config.steps * (1 - config.full_recipe_fraction))
     metrics_file = run_dir / "metrics.jsonl"
     started = time.time()
     while step < config.steps:
-        recipe = full if step >= full_from else reduced
+        recipe = full if step >= full_from else box_only if step < box_until else reduced
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
         picks = torch.randint(0, len(images), (config.batch_size,), generator=generator).tolist()

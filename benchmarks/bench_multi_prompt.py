@@ -1,0 +1,124 @@
+"""Multi-prompt vs single-prompt fine-tuning throughput: objects trained per second, and step-time split.
+
+On CT phantoms embedded by the foundation model, one training step is: read 4 slices (embedding + object
+masks) -> make their boxes -> decoder forward -> loss -> backward -> AdamW step, exactly as
+``samadapt train`` runs it. Multi-prompt decodes the K objects of a slice in one pass (only slices with
+at least K objects are used, capped at K, so every slice contributes exactly K); single-prompt decodes one
+random object per slice. Configurations are timed round-robin, several rounds, medians reported, so machine
+noise hits them alike; the figures are ratios within this one run.
+
+Writes ``benchmarks/results/multi_prompt_speed.json``:
+
+- ``objects_per_s``: per configuration; ``speedup_vs_single``: multi at K over single (target >= 3 at K=8);
+- ``outside_decoder_fraction``: (data + prompt time) / step time, per configuration (target <= 0.15).
+
+    python benchmarks/bench_multi_prompt.py                  # ~3 min on 2 CPU cores (phantoms, embeddings, timing)
+    python benchmarks/bench_multi_prompt.py --work /tmp/mp   # keep (and reuse) the phantoms and embeddings
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_foundation import machine  # noqa: E402
+from samadapt.config import FinetuneConfig, PrepareConfig  # noqa: E402
+from samadapt.data.phantoms import write_phantom_dataset  # noqa: E402
+from samadapt.data.prepare import prepare_dataset  # noqa: E402
+from samadapt.io.atomic import write_json_atomic  # noqa: E402
+from samadapt.models.embedding_cache import compute_embeddings  # noqa: E402
+from samadapt.models.sam import load_sam  # noqa: E402
+from samadapt.training.finetune import objective_from_config, trainable_parameters  # noqa: E402
+from samadapt.training.slice_data import load_slice, training_slices  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "multi_prompt_speed.json"
+SLICES_PER_STEP = 4
+
+
+def time_steps(loaded, prepared, cache, pool, config: FinetuneConfig, steps: int, seed: int) -> dict:
+    """Run ``steps`` training steps of ``config`` on slices of ``pool``; per-step seconds by phase."""
+    named = trainable_parameters(loaded, train_prompt_encoder=False)
+    optimizer = torch.optim.AdamW(named.values(), lr=1e-5)
+    objective = objective_from_config(config)
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        picks = torch.randint(0, len(pool), (SLICES_PER_STEP,), generator=generator).tolist()
+        samples = [load_slice(prepared, cache, pool[i], config.is_lesion) for i in picks]
+        data_s = time.perf_counter() - t0
+        losses, prompts, prompt_s = [], 0.0, 0.0
+        for sample in samples:
+            loss, stats = objective.slice_loss(loaded.sam, sample, generator)
+            losses.append(loss)
+            prompts += stats["prompts"]
+            prompt_s += stats["prompt_s"]
+        optimizer.zero_grad(set_to_none=True)
+        torch.stack(losses).mean().backward()
+        optimizer.step()
+        rows.append({"step_s": time.perf_counter() - t0, "data_s": data_s, "prompt_s": prompt_s,
+                     "objects": prompts})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--work", type=Path, default=None, help="folder for phantoms + embeddings (reused)")
+    parser.add_argument("--cases", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=15, help="steps per configuration per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench_multi_prompt_"))
+    loaded = load_sam(args.model)
+    source = write_phantom_dataset(work / "phantoms", n_cases=args.cases, seed=0)
+    prepared = prepare_dataset(source, work / "prepared", PrepareConfig(image_size=loaded.spec.image_size,
+                                                                        split=(1.0, 0.0, 0.0)))
+    cache = compute_embeddings(prepared, loaded)
+    slices = training_slices(prepared, "train")
+    counts = [1, 4, 8]
+    configs = {"single": (FinetuneConfig(prompting="single", box_noise="medsam"), slices)}
+    for k in counts:
+        pool = [s for s in slices if len(s.objects) >= k]
+        configs[f"multi_{k}"] = (FinetuneConfig(prompting="multi", max_prompts_per_slice=k), pool)
+    timings: dict[str, list[dict]] = {name: [] for name in configs}
+    for _ in range(2):  # warm-up: allocator, first-call overheads
+        for config, pool in configs.values():
+            time_steps(loaded, prepared, cache, pool, config, 2, seed=99)
+    for round_index in range(args.rounds):
+        for name, (config, pool) in configs.items():
+            timings[name] += time_steps(loaded, prepared, cache, pool, config, args.steps, seed=round_index)
+    result = {}
+    for name, rows in timings.items():
+        step_s = statistics.median(r["step_s"] for r in rows)
+        objects = statistics.mean(r["objects"] for r in rows)
+        outside = statistics.median((r["data_s"] + r["prompt_s"]) / r["step_s"] for r in rows)
+        result[name] = {"objects_per_step": round(objects, 2), "median_step_s": round(step_s, 4),
+                        "objects_per_s": round(objects / step_s, 1), "outside_decoder_fraction": round(outside, 3),
+                        "slices_in_pool": len(configs[name][1]), "steps_timed": len(rows)}
+    single = result["single"]["objects_per_s"]
+    speedup = {f"{k}_objects": round(result[f"multi_{k}"]["objects_per_s"] / single, 2) for k in counts}
+    report = {
+        "what": "objects trained per second, multi-prompt (K objects per slice, one decoder pass) vs "
+                "single-prompt (one object per slice), 4 slices per step, decoder fine-tuning from cached "
+                "embeddings, fp32 CPU",
+        "model": args.model, "machine": machine(), "configurations": result, "speedup_vs_single": speedup,
+        "targets": {"speedup_at_8_objects": ">= 3", "outside_decoder_fraction": "<= 0.15"},
+        "command": "python benchmarks/bench_multi_prompt.py",
+    }
+    write_json_atomic(args.out, report)
+    print(f"speed-up vs single-prompt: {speedup}")
+    print(f"outside-decoder fraction: { {k: v['outside_decoder_fraction'] for k, v in result.items()} }")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""Box-prompt perturbation for fine-tuning: how far a simulated annotator's box strays, by object type.
+
+Boxes are ``Nx4`` float XYXY in model-input pixels (inclusive last pixel, as :mod:`samadapt.prompts.boxes`).
+Organs and lesions get their own ranges: a 5 px error is nothing on a liver and most of a small lesion,
+so each range is also capped at a fraction of the box's side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from samadapt.prompts.boxes import jitter_boxes_sam
+
+BOX_NOISE_STYLES = ("medsam", "sam", "none")
+
+
+@dataclass(frozen=True)
+class BoxNoise:
+    """A box perturbation (see ``FinetuneConfig`` for the meaning of each field).
+
+    ``medsam``: each side moves *outward* by U(0, shift) pixels (MedSAM's 0-20 px at 1024). ``sam``: each
+    coordinate gets N(0, ``sam_std`` x side) noise, capped at the shift (SAM's 10% std, 20 px at 1024).
+    The shift is ``organ_shift_px`` or ``lesion_shift_px``, capped at ``max_fraction`` x the box side.
+    """
+
+    style: str = "medsam"
+    organ_shift_px: float = 5.0
+    lesion_shift_px: float = 2.0
+    max_fraction: float = 0.25
+    sam_std: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.style not in BOX_NOISE_STYLES:
+            raise ValueError(f"box noise style {self.style!r}: use one of {', '.join(BOX_NOISE_STYLES)}")
+
+    def shift_limits(self, boxes: torch.Tensor, is_lesion: torch.Tensor) -> torch.Tensor:
+        """Per-box shift limit ``Nx1`` in pixels: the type's range, capped by ``max_fraction`` of the side."""
+        side = torch.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]).clamp(min=1.0)
+        by_type = torch.where(is_lesion, torch.tensor(self.lesion_shift_px), torch.tensor(self.organ_shift_px))
+        return torch.minimum(by_type.to(side.dtype), self.max_fraction * side)[:, None]
+
+    def __call__(
+        self, boxes: torch.Tensor, is_lesion: torch.Tensor, generator: torch.Generator, image_size: int
+    ) -> torch.Tensor:
+        """Perturb ``Nx4`` boxes (``is_lesion``: ``N`` bool); results stay inside the ``image_size`` frame."""
+        if self.style == "none" or boxes.shape[0] == 0:
+            return boxes
+        limit = self.shift_limits(boxes, is_lesion)
+        if self.style == "medsam":
+            outward = torch.rand(boxes.shape, generator=generator) * limit
+            moved = boxes + outward * torch.tensor([-1.0, -1.0, 1.0, 1.0])
+            return moved.clamp(0, image_size - 1)
+        noisy = torch.empty_like(boxes)
+        for rows in (is_lesion, ~is_lesion):  # SAM's noise, capped per box at its own limit
+            if rows.any():
+                cap = float(limit[rows].max())
+                moved = jitter_boxes_sam(boxes[rows], generator, image_size, self.sam_std, max_shift=cap)
+                delta = (moved - boxes[rows]).clamp(-limit[rows], limit[rows])
+                noisy[rows] = boxes[rows] + delta
+        x0 = torch.minimum(noisy[:, 0], noisy[:, 2] - 1).clamp(min=0)
+        y0 = torch.minimum(noisy[:, 1], noisy[:, 3] - 1).clamp(min=0)
+        x1 = torch.maximum(noisy[:, 2], x0 + 1).clamp(max=image_size - 1)
+        y1 = torch.maximum(noisy[:, 3], y0 + 1).clamp(max=image_size - 1)
+        return torch.stack([x0, y0, x1, y1], dim=1)

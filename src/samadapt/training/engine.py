@@ -1,0 +1,220 @@
+"""The training engine every adaptation method runs on: optimiser, schedule, checkpoints, logging.
+
+A method supplies the trainable parameters and ``compute_loss(step, micro, generator)``, which builds its
+own micro-batch (a pure function of ``step`` and ``micro``: the data position needs no state of its own)
+and draws every random choice (prompt noise, object subsets) from ``generator``. The engine owns the rest:
+
+- AdamW; linear warm-up then cosine decay (``LambdaLR``); ``grad_accum`` micro-batches per step; gradient
+  clipping; autocast on CUDA when ``amp`` (bf16 where supported, else fp16 with a ``GradScaler``), never
+  on CPU, where bf16 is slower than fp32.
+- ``<run>/state.pt`` every ``checkpoint_every`` steps and at the end, atomically: trainable weights,
+  optimiser, scheduler, scaler, prompt generator, step, best validation score. A killed run restarted on
+  the same folder continues from there and ends with the same weights as an uninterrupted one.
+- ``validate()`` every ``eval_every`` steps and at the end; the best score triggers ``save_best``.
+- ``<run>/metrics.jsonl`` (one record per step, validation records carry ``val_*`` keys) and TensorBoard
+  events under ``<run>/tensorboard``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from samadapt.io.atomic import atomic_path
+
+STATE_FILE = "state.pt"
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Optimisation and bookkeeping settings (a method's config supplies them by name)."""
+
+    steps: int
+    lr: float
+    weight_decay: float = 0.01
+    warmup_steps: int = 0
+    min_lr_fraction: float = 0.05
+    grad_accum: int = 1
+    grad_clip: float = 1.0
+    amp: bool = True
+    seed: int = 0
+    checkpoint_every: int = 50
+    eval_every: int = 50
+
+    @classmethod
+    def from_config(cls, config: object) -> EngineSettings:
+        """Pick the fields of this class out of any config dataclass that has them."""
+        names = cls.__dataclass_fields__
+        return cls(**{name: getattr(config, name) for name in names if hasattr(config, name)})
+
+
+@dataclass
+class TrainingResult:
+    """What a finished run reports: steps done, best validation score and step, the validation curve, and
+    how many of the steps this call ran (0 when the folder held a finished run). ``wall_s`` counts the
+    training time of every call up to the last checkpoint, plus this call's."""
+
+    steps: int
+    best_score: float
+    best_step: int
+    curve: list[tuple[int, float]] = field(default_factory=list)
+    wall_s: float = 0.0
+    steps_run: int = 0
+
+
+def lr_factor(settings: EngineSettings, step: int) -> float:
+    """Multiplier of ``lr`` at ``step`` (0-based): linear warm-up, then cosine to ``min_lr_fraction``."""
+    if step < settings.warmup_steps:
+        return (step + 1) / settings.warmup_steps
+    progress = (step - settings.warmup_steps) / max(1, settings.steps - settings.warmup_steps)
+    floor = settings.min_lr_fraction
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop the records of ``path`` after ``step`` (written after the last checkpoint of a killed run)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError):  # a line cut short by the interruption
+            continue
+    with atomic_path(path, suffix=".jsonl") as tmp:
+        tmp.write_text("".join(line + "\n" for line in kept))
+
+
+def _autocast(device: torch.device, amp: bool) -> tuple[Callable[[], object], torch.amp.GradScaler | None]:
+    """(context factory, scaler or None): autocast on CUDA only; fp16 needs a scaler, bf16 does not."""
+    if not amp or device.type != "cuda":
+        return nullcontext, None
+    if torch.cuda.is_bf16_supported():
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16), None
+    return lambda: torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
+
+
+def _tensorboard(run_dir: Path, purge_step: int):
+    """A TensorBoard writer whose events after ``purge_step`` (a resumed run's repeated steps) are dropped."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step or None)
+
+
+def run_training(
+    run_dir: Path,
+    named_parameters: dict[str, torch.nn.Parameter],
+    settings: EngineSettings,
+    compute_loss: Callable[[int, int, torch.Generator], tuple[torch.Tensor, dict[str, float]]],
+    device: torch.device,
+    validate: Callable[[], float] | None = None,
+    save_best: Callable[[int, float], None] | None = None,
+    on_step: Callable[[dict], None] = lambda record: None,
+) -> TrainingResult:
+    """Train ``named_parameters`` for ``settings.steps`` steps into ``run_dir`` (resuming if it has a state).
+
+    Args:
+        named_parameters: the trainable parameters by name (their values are what ``state.pt`` keeps).
+        compute_loss: ``(step, micro, generator) -> (scalar loss, statistics)`` for micro-batch ``micro``
+            of ``step``; the loss of each micro-batch is divided by ``grad_accum`` here, the statistics
+            are summed over the micro-batches of a step.
+        validate: returns the validation score (higher is better); called under no_grad (and autocast).
+        save_best: ``(step, score)`` called when a validation score beats every earlier one.
+        on_step: receives each step's record (``step``, ``loss``, ``lr``, ``step_s``, statistics, ``val_score``).
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    parameters = list(named_parameters.values())
+    optimizer = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(settings, s))
+    autocast, scaler = _autocast(device, settings.amp)
+    generator = torch.Generator().manual_seed(settings.seed)
+    step, best_score, best_step, curve, earlier_s = 0, -math.inf, 0, [], 0.0
+    state_path, metrics_path = run_dir / STATE_FILE, run_dir / METRICS_FILE
+    if state_path.is_file():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        with torch.no_grad():
+            for name, param in named_parameters.items():
+                param.copy_(state["parameters"][name])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
+        generator.set_state(state["generator"])
+        step, best_score, best_step = int(state["step"]), float(state["best_score"]), int(state["best_step"])
+        curve = [(int(s), float(v)) for s, v in state["curve"].tolist()]
+        earlier_s = float(state["train_s"])
+        truncate_metrics(metrics_path, step)
+
+    def checkpoint() -> None:
+        state = {"parameters": {n: p.detach().cpu() for n, p in named_parameters.items()},
+                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "generator": generator.get_state(), "step": step, "best_score": best_score,
+                 "best_step": best_step, "curve": torch.tensor(curve, dtype=torch.float64).reshape(-1, 2),
+                 "train_s": earlier_s + time.time() - started}
+        if scaler is not None:
+            state["scaler"] = scaler.state_dict()
+        with atomic_path(state_path, suffix=".pt") as tmp:
+            torch.save(state, tmp)
+
+    def run_validation() -> float:
+        with torch.no_grad(), autocast():
+            return float(validate())
+
+    writer = _tensorboard(run_dir, step)
+    started, first_step = time.time(), step
+    try:
+        while step < settings.steps:
+            t0 = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            losses, totals = [], {}
+            for micro in range(settings.grad_accum):
+                with autocast():
+                    loss, stats = compute_loss(step, micro, generator)
+                scaled = loss / settings.grad_accum
+                (scaler.scale(scaled) if scaler is not None else scaled).backward()
+                losses.append(float(loss.detach()))
+                for key, value in stats.items():
+                    totals[key] = totals.get(key, 0.0) + value
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            if settings.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(parameters, settings.grad_clip)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            lr = optimizer.param_groups[0]["lr"]
+            scheduler.step()
+            step += 1
+            record = {"step": step, "loss": sum(losses) / len(losses), "lr": lr,
+                      "step_s": round(time.perf_counter() - t0, 4), **totals}
+            if validate is not None and (step % settings.eval_every == 0 or step == settings.steps):
+                score = run_validation()
+                record["val_score"] = score
+                curve.append((step, score))
+                if score > best_score:
+                    best_score, best_step = score, step
+                    if save_best is not None:
+                        save_best(step, score)
+            with open(metrics_path, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    writer.add_scalar(key, value, step)
+            on_step(record)
+            if step % settings.checkpoint_every == 0 or step == settings.steps:
+                checkpoint()
+    finally:
+        writer.close()
+    wall_s = earlier_s + time.time() - started if step > first_step else earlier_s
+    return TrainingResult(step, best_score, best_step, curve, wall_s, step - first_step)

@@ -1,0 +1,114 @@
+"""The training engine: schedule, accumulation, exact resume, best checkpoint, metrics and TensorBoard."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from samadapt.training.engine import EngineSettings, TrainingResult, lr_factor, run_training
+
+CPU = torch.device("cpu")
+
+
+class KilledError(RuntimeError):
+    pass
+
+
+def _problem(seed: int = 0):
+    """A small regression: a linear layer fits y = x W* on batches that depend on the step only."""
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(6, 3)
+    target = torch.randn(6, 3, generator=torch.Generator().manual_seed(42))
+
+    def batch(step: int, micro: int, size: int = 8) -> torch.Tensor:
+        return torch.randn(size, 6, generator=torch.Generator().manual_seed(1000 * step + micro))
+
+    def compute_loss(step, micro, generator):
+        x = batch(step, micro)
+        noise = 0.01 * torch.randn(x.shape[0], 3, generator=generator)  # exercises the saved generator
+        loss = ((model(x) - x @ target - noise) ** 2).mean()
+        return loss, {"samples": float(x.shape[0])}
+
+    return model, dict(model.named_parameters()), compute_loss
+
+
+def _settings(**kw) -> EngineSettings:
+    base = dict(steps=12, lr=0.05, warmup_steps=3, checkpoint_every=4, eval_every=4)
+    return EngineSettings(**{**base, **kw})
+
+
+def test_lr_warms_up_then_decays_to_the_floor():
+    s = _settings(steps=100, warmup_steps=10, min_lr_fraction=0.1)
+    assert lr_factor(s, 0) == pytest.approx(0.1)
+    assert lr_factor(s, 9) == pytest.approx(1.0)
+    assert lr_factor(s, 55) < lr_factor(s, 20) < 1.0
+    assert lr_factor(s, 100) == pytest.approx(0.1)
+
+
+def test_training_lowers_the_loss_and_logs_every_step(tmp_path: Path):
+    model, named, compute_loss = _problem()
+    records = []
+    result = run_training(tmp_path, named, _settings(steps=30), compute_loss, CPU, on_step=records.append)
+    assert isinstance(result, TrainingResult) and result.steps == 30
+    assert records[-1]["loss"] < 0.3 * records[0]["loss"]
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == list(range(1, 31))
+    assert lines[0]["samples"] == 8.0 and lines[0]["lr"] == pytest.approx(0.05 / 3)
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_a_killed_and_resumed_run_ends_with_the_same_weights(tmp_path: Path):
+    model, named, compute_loss = _problem()
+    run_training(tmp_path / "straight", named, _settings(), compute_loss, CPU)
+    straight = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    model, named, compute_loss = _problem()
+
+    def kill_at_7(record):
+        if record["step"] == 7:  # after the step-4 checkpoint: steps 5-7 are lost and redone
+            raise KilledError
+
+    with pytest.raises(KilledError):
+        run_training(tmp_path / "killed", named, _settings(), compute_loss, CPU, on_step=kill_at_7)
+    model, named, compute_loss = _problem(seed=5)  # a fresh process: other initial weights
+    result = run_training(tmp_path / "killed", named, _settings(), compute_loss, CPU)
+    assert result.steps == 12
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, straight[key]), key
+    steps = [json.loads(line)["step"] for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 13))  # the lost steps' records were replaced, not duplicated
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path: Path):
+    """Two micro-batches of 8 accumulate to the gradient of their mean: the same update as one batch of 16."""
+    model_a, named_a, _ = _problem()
+    target = torch.randn(6, 3, generator=torch.Generator().manual_seed(9))
+    x = torch.randn(16, 6, generator=torch.Generator().manual_seed(3))
+
+    def whole(step, micro, generator):
+        return ((model_a(x) - x @ target) ** 2).mean(), {}
+
+    run_training(tmp_path / "a", named_a, _settings(steps=3, grad_clip=0.0), whole, CPU)
+    model_b, named_b, _ = _problem()
+
+    def halves(step, micro, generator):
+        part = x[8 * micro : 8 * micro + 8]
+        return ((model_b(part) - part @ target) ** 2).mean(), {}
+
+    run_training(tmp_path / "b", named_b, _settings(steps=3, grad_accum=2, grad_clip=0.0), halves, CPU)
+    for (key, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_validation_keeps_the_best_step(tmp_path: Path):
+    model, named, compute_loss = _problem()
+    scores = iter([0.2, 0.7, 0.5])
+    saved = []
+    result = run_training(tmp_path, named, _settings(), compute_loss, CPU, validate=lambda: next(scores),
+                          save_best=lambda step, score: saved.append((step, score)))
+    assert saved == [(4, 0.2), (8, 0.7)]
+    assert (result.best_step, result.best_score) == (8, 0.7)
+    assert result.curve == [(4, 0.2), (8, 0.7), (12, 0.5)]

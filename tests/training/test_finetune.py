@@ -1,0 +1,120 @@
+"""``samadapt train`` end to end on CT phantoms with a micro SAM: learning, exact resume, outputs, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from samadapt.cli import app
+from samadapt.config import FinetuneConfig
+from samadapt.errors import ConfigError
+from samadapt.models.registry import REGISTRY
+from samadapt.models.sam import build_sam, load_sam, read_state_dict, save_sam
+from samadapt.training.finetune import finetune, prepare_run_folder
+
+
+class KilledError(RuntimeError):
+    pass
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    spec = REGISTRY["test_micro"]
+    return save_sam(build_sam(spec), spec, tmp_path_factory.mktemp("base") / "micro.pth")
+
+
+def _config(prepared, base, **kw) -> FinetuneConfig:
+    values = dict(data=str(prepared.root), model=str(base), steps=6, batch_size=2, checkpoint_every=2,
+                  eval_every=3, warmup_steps=2, lr=1e-3)
+    return FinetuneConfig(**{**values, **kw})
+
+
+def _run(run_dir: Path, config: FinetuneConfig, **kw):
+    prepare_run_folder(run_dir, config, resume=False)
+    return finetune(run_dir, config, **kw)
+
+
+def test_only_the_decoder_changes_and_checkpoints_load(micro_prepared, base, run_dir):
+    result = _run(run_dir, _config(micro_prepared, base))
+    before, after = read_state_dict(base), read_state_dict(result.model)
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"mask_decoder"}
+    loaded = load_sam(str(result.model))
+    assert loaded.spec.image_size == 64
+    sidecar = json.loads(result.model.with_suffix(".json").read_text())
+    assert sidecar["base_model"] == str(base) and sidecar["training"]["steps"] == 6
+    assert sidecar["data"]["hash"] == micro_prepared.hash
+    assert result.best is not None and result.best.is_file()
+    assert [s for s, _ in result.curve] == [3, 6] and result.best_val_dice == max(v for _, v in result.curve)
+    assert (run_dir / "config.yaml").is_file() and list((run_dir / "tensorboard").iterdir())
+
+
+def test_prompt_encoder_trains_when_asked(micro_prepared, base, run_dir):
+    result = _run(run_dir, _config(micro_prepared, base, train_prompt_encoder=True, steps=2, eval_every=10))
+    before, after = read_state_dict(base), read_state_dict(result.model)
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"mask_decoder", "prompt_encoder"}
+
+
+def test_killed_run_resumes_to_the_same_weights(micro_prepared, base, tmp_path):
+    config = _config(micro_prepared, base, box_noise="sam")
+    straight = _run(tmp_path / "straight", config)
+
+    def kill(record):
+        if record["step"] == 5:
+            raise KilledError
+
+    with pytest.raises(KilledError):
+        _run(tmp_path / "killed", config, on_step=kill)
+    resumed = finetune(tmp_path / "killed", prepare_run_folder(tmp_path / "killed", config, resume=True))
+    a, b = read_state_dict(straight.model), read_state_dict(resumed.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.curve == straight.curve
+
+
+def test_multi_prompt_training_learns(micro_prepared, base, run_dir):
+    records = []
+    _run(run_dir, _config(micro_prepared, base, steps=40, lr=3e-3, eval_every=40), on_step=records.append)
+    first = sum(r["loss"] for r in records[:5]) / 5
+    last = sum(r["loss"] for r in records[-5:]) / 5
+    assert last < 0.8 * first
+    assert min(r["prompts"] for r in records) >= 2  # all objects of each slice, not one
+
+
+def test_a_used_folder_needs_resume_and_resume_needs_a_run(micro_prepared, base, run_dir):
+    (run_dir).mkdir()
+    (run_dir / "notes.txt").write_text("x")
+    with pytest.raises(ConfigError, match="--resume"):
+        prepare_run_folder(run_dir, _config(micro_prepared, base), resume=False)
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        prepare_run_folder(run_dir, _config(micro_prepared, base), resume=True)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--set", "prompting=several"], "prompting='several'"),
+    (["--set", "lr=0"], "lr=0"),
+    (["--set", "model=tiny"], "prepared at 64 px"),
+    (["--set", "stepz=3"], "unknown setting"),
+])
+def test_cli_bad_settings_exit_2_with_one_line(micro_prepared, tmp_path, args, expected):
+    result = CliRunner().invoke(app, ["train", str(micro_prepared.root), "--out", str(tmp_path / "r"), *args])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("samadapt: error:") and expected in lines[0]
+
+
+def test_cli_resume_refuses_changed_settings(micro_prepared, base, tmp_path):
+    out = tmp_path / "r"
+    common = ["train", str(micro_prepared.root), "--out", str(out), "--set", f"model={base}"]
+    first = CliRunner().invoke(app, [*common, "--set", "steps=2", "--set", "eval_every=5"])
+    assert first.exit_code == 0, first.output
+    assert "model written to" in first.stdout.strip().splitlines()[-1]
+    again = CliRunner().invoke(app, [*common, "--resume"])
+    assert again.exit_code == 2 and "saved config.yaml" in again.stderr
+    plain = CliRunner().invoke(app, ["train", str(micro_prepared.root), "--out", str(out), "--resume"])
+    assert plain.exit_code == 0, plain.output
