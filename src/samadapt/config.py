@@ -222,6 +222,11 @@ class FinetuneConfig:
     plus ``iou_weight`` x MSE of the IoU head; reduced over the prompts of a slice by ``prompt_reduction``:
     ``mean``, or ``max`` (back-propagate the largest per-prompt loss, the multi-prompt paper's choice).
 
+    What trains: the mask decoder; ``train_prompt_encoder`` adds the prompt encoder; ``lora_rank`` > 0 adds
+    LoRA adapters (scale ``lora_alpha / lora_rank``) on the ``qkv`` projections of the image encoder's
+    attention. LoRA runs the encoder on the slices at every step (no embedding cache: slower) and merges
+    the adapters into the saved weights.
+
     Engine: AdamW, linear warm-up then cosine to ``min_lr_fraction`` x ``lr``, ``grad_accum`` micro-batches
     of ``batch_size`` slices per step, gradient clipping, bf16/fp16 autocast on CUDA when ``amp`` (never on
     CPU), checkpoints every ``checkpoint_every`` steps, validation Dice on ``val_split`` every
@@ -233,6 +238,8 @@ class FinetuneConfig:
     prompting: str = "multi"
     max_prompts_per_slice: int = 32
     train_prompt_encoder: bool = False
+    lora_rank: int = 0  # > 0: also train LoRA adapters (this rank) on the image encoder's attention
+    lora_alpha: float = 8.0
     box_noise: str = "medsam"
     organ_box_shift_px: float = 5.0
     lesion_box_shift_px: float = 2.0
@@ -272,12 +279,12 @@ class FinetuneConfig:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise bad(f"{key}={value!r}: use an integer >= 1")
-        for key in ("warmup_steps", "seed"):
+        for key in ("warmup_steps", "seed", "lora_rank"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise bad(f"{key}={value!r}: use an integer >= 0")
-        non_negative = ("organ_box_shift_px", "lesion_box_shift_px", "box_shift_max_fraction", "sam_noise_std",
-                        "iou_weight", "weight_decay", "grad_clip")
+        non_negative = ("lora_alpha", "organ_box_shift_px", "lesion_box_shift_px", "box_shift_max_fraction",
+                        "sam_noise_std", "iou_weight", "weight_decay", "grad_clip")
         for key in non_negative:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:

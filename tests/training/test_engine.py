@@ -112,3 +112,15 @@ def test_validation_keeps_the_best_step(tmp_path: Path):
     assert saved == [(4, 0.2), (8, 0.7)]
     assert (result.best_step, result.best_score) == (8, 0.7)
     assert result.curve == [(4, 0.2), (8, 0.7), (12, 0.5)]
+
+
+def test_autocast_is_for_cuda_only_and_settings_come_from_a_method_config():
+    from samadapt.config import FinetuneConfig
+    from samadapt.training.engine import _autocast
+
+    factory, scaler = _autocast(CPU, amp=True)
+    with factory():
+        assert not torch.is_autocast_enabled("cpu")
+    assert scaler is None
+    settings = EngineSettings.from_config(FinetuneConfig(steps=7, lr=1e-3, grad_accum=2))
+    assert (settings.steps, settings.lr, settings.grad_accum, settings.amp) == (7, 1e-3, 2, True)

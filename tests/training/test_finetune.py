@@ -61,12 +61,12 @@ def test_prompt_encoder_trains_when_asked(micro_prepared, base, run_dir):
     assert changed == {"mask_decoder", "prompt_encoder"}
 
 
-def test_killed_run_resumes_to_the_same_weights(micro_prepared, base, tmp_path):
-    config = _config(micro_prepared, base, box_noise="sam")
+def _straight_and_resumed(tmp_path: Path, config: FinetuneConfig, kill_at: int):
+    """The same run twice: uninterrupted, and killed after step ``kill_at`` then resumed."""
     straight = _run(tmp_path / "straight", config)
 
     def kill(record):
-        if record["step"] == 5:
+        if record["step"] == kill_at:
             raise KilledError
 
     with pytest.raises(KilledError):
@@ -74,6 +74,11 @@ def test_killed_run_resumes_to_the_same_weights(micro_prepared, base, tmp_path):
     resumed = finetune(tmp_path / "killed", prepare_run_folder(tmp_path / "killed", config, resume=True))
     a, b = read_state_dict(straight.model), read_state_dict(resumed.model)
     assert all(torch.equal(a[k], b[k]) for k in a)
+    return straight, resumed
+
+
+def test_killed_run_resumes_to_the_same_weights(micro_prepared, base, tmp_path):
+    straight, resumed = _straight_and_resumed(tmp_path, _config(micro_prepared, base, box_noise="sam"), kill_at=5)
     assert resumed.curve == straight.curve
 
 
@@ -118,3 +123,19 @@ def test_cli_resume_refuses_changed_settings(micro_prepared, base, tmp_path):
     assert again.exit_code == 2 and "saved config.yaml" in again.stderr
     plain = CliRunner().invoke(app, ["train", str(micro_prepared.root), "--out", str(out), "--resume"])
     assert plain.exit_code == 0, plain.output
+
+
+def test_lora_adapts_the_encoder_and_saves_a_plain_sam(micro_prepared, base, run_dir):
+    result = _run(run_dir, _config(micro_prepared, base, lora_rank=2, lora_alpha=4.0, steps=4, eval_every=4))
+    before, after = read_state_dict(base), read_state_dict(result.model)
+    assert set(after) == set(before)  # adapters merged: no lora_a / lora_b keys, loadable as plain SAM
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(k.startswith("image_encoder.blocks.") and k.endswith("attn.qkv.weight") for k in changed)
+    assert not any(k.startswith("image_encoder.") and "qkv" not in k for k in changed)  # only qkv moves
+    assert "LoRA rank 2" in json.loads(result.model.with_suffix(".json").read_text())["description"]
+    assert result.curve and result.curve[-1][0] == 4
+    load_sam(str(result.model))
+
+
+def test_lora_resumes_to_the_same_weights(micro_prepared, base, tmp_path):
+    _straight_and_resumed(tmp_path, _config(micro_prepared, base, lora_rank=2, steps=4, eval_every=10), kill_at=3)

@@ -255,6 +255,29 @@ def encode_slices(
     return emb_np, feats_np
 
 
+class LiveEmbeddings:
+    """Embeddings of a prepared dataset computed on demand by the model's current encoder (no disk cache).
+
+    For models whose encoder is being trained (LoRA), where a cache would be stale after the next step.
+    Offers ``embeddings(case_id)`` like :class:`EmbeddingCache` (``(S, C, g, g)`` float16); the last case
+    is kept in memory, so slice-by-slice reads of one case encode it once.
+    """
+
+    def __init__(self, prepared: PreparedLike, loaded: LoadedModel, batch_size: int = 8,
+                 device: str | torch.device = "cpu"):
+        self.prepared, self.loaded, self.batch_size, self.device = prepared, loaded, batch_size, device
+        self._last: tuple[str, np.ndarray] | None = None
+
+    def embeddings(self, case_id: str) -> np.ndarray:
+        if self._last is None or self._last[0] != case_id:
+            images = self.prepared.images(case_id)
+            valid_hw = tuple(self.prepared.meta(case_id)["valid_hw"])
+            parts = [encode_slices(self.loaded, np.array(images[i : i + self.batch_size]), valid_hw,
+                                   device=self.device)[0] for i in range(0, len(images), self.batch_size)]
+            self._last = (case_id, np.concatenate(parts))
+        return self._last[1]
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
     """``device`` as a :class:`torch.device`; :class:`ConfigError` when it is malformed or not present."""
     try:

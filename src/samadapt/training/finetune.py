@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +24,9 @@ from samadapt.data.prepared import PreparedDataset
 from samadapt.errors import ConfigError
 from samadapt.evaluation.box_protocol import predict_with_boxes
 from samadapt.evaluation.metrics import dice
-from samadapt.models.embedding_cache import EmbeddingCache, compute_embeddings, resolve_device
+from samadapt.models.embedding_cache import EmbeddingCache, LiveEmbeddings, compute_embeddings, resolve_device
+from samadapt.models.lora import LoRALinear, add_lora, merge_lora
+from samadapt.models.preprocess import to_model_input
 from samadapt.models.sam import LoadedModel, load_sam, save_sam
 from samadapt.prompts.box_noise import BoxNoise
 from samadapt.training.engine import EngineSettings, run_training
@@ -54,8 +57,13 @@ def objective_from_config(config: FinetuneConfig) -> MultiPromptObjective:
                                 config.iou_weight, config.prompt_reduction)
 
 
-def trainable_parameters(loaded: LoadedModel, train_prompt_encoder: bool) -> dict[str, torch.nn.Parameter]:
-    """Freeze SAM except the mask decoder (and the prompt encoder if asked); returns the trainable ones."""
+def trainable_parameters(
+    loaded: LoadedModel, train_prompt_encoder: bool, lora_rank: int = 0, lora_alpha: float = 8.0, seed: int = 0
+) -> dict[str, torch.nn.Parameter]:
+    """Freeze SAM except the mask decoder (plus the prompt encoder, plus encoder LoRA adapters, if asked).
+
+    LoRA adapters are added here (initialised from ``seed``); returns the trainable parameters by name.
+    """
     loaded.sam.requires_grad_(False)
     modules = ["mask_decoder"] + (["prompt_encoder"] if train_prompt_encoder else [])
     named = {}
@@ -63,16 +71,41 @@ def trainable_parameters(loaded: LoadedModel, train_prompt_encoder: bool) -> dic
         for name, param in getattr(loaded.sam, module).named_parameters():
             param.requires_grad_(True)
             named[f"{module}.{name}"] = param
+    if lora_rank > 0:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            adapters = add_lora(loaded.sam.image_encoder, lora_rank, lora_alpha)
+        named.update({f"image_encoder.{name}": param for name, param in adapters.items()})
     return named
 
 
-def validation_dice(loaded: LoadedModel, prepared: PreparedDataset, cache: EmbeddingCache, split: str) -> float:
+def plain_copy(loaded: LoadedModel) -> torch.nn.Module:
+    """The model as a plain SAM (LoRA adapters merged into a copy; the model itself when it has none)."""
+    if not any(isinstance(m, LoRALinear) for m in loaded.sam.image_encoder.modules()):
+        return loaded.sam
+    copy = deepcopy(loaded.sam)
+    merge_lora(copy.image_encoder)
+    return copy
+
+
+def validation_dice(
+    loaded: LoadedModel, prepared: PreparedDataset, cache: EmbeddingCache | LiveEmbeddings, split: str
+) -> float:
     """Mean over classes of the per-object Dice with tight boxes on ``split`` (model frame, 2D)."""
     per_class: dict[str, list[float]] = {}
     for item in predict_with_boxes(loaded.sam, prepared, cache, split):
         for obj, pred, gt in zip(item.objects, item.predicted, item.truth, strict=True):
             per_class.setdefault(obj.class_name, []).append(dice(pred, gt))
     return float(np.mean([np.mean(v) for v in per_class.values()])) if per_class else float("nan")
+
+
+def encode_with_grad(
+    loaded: LoadedModel, prepared: PreparedDataset, items: list, device: torch.device
+) -> torch.Tensor:
+    """``BxCxgxg`` embeddings of training slices by the (LoRA-adapted) encoder, with gradient."""
+    images = np.stack([np.asarray(prepared.images(item.case_id)[item.slice]) for item in items])
+    valid_hw = np.array([prepared.meta(item.case_id)["valid_hw"] for item in items])
+    return loaded.sam.image_encoder(to_model_input(images, loaded.spec, valid_hw).to(device))
 
 
 def prepare_run_folder(run_dir: Path, config: FinetuneConfig, resume: bool) -> FinetuneConfig:
@@ -109,8 +142,12 @@ def finetune(
     if loaded.spec.image_size != prepared.image_size:
         raise ConfigError(f"{prepared.root}: prepared at {prepared.image_size} px but model '{config.model}' takes "
                           f"{loaded.spec.image_size} px; prepare with --image-size {loaded.spec.image_size}")
-    cache = compute_embeddings(prepared, loaded, device=device, progress=embed_progress)
-    named = trainable_parameters(loaded, config.train_prompt_encoder)
+    lora = config.lora_rank > 0
+    named = trainable_parameters(loaded, config.train_prompt_encoder, config.lora_rank, config.lora_alpha, config.seed)
+    if lora:  # the encoder changes every step: encode on the fly instead of reading a cache
+        cache = LiveEmbeddings(prepared, loaded, device=device)
+    else:
+        cache = compute_embeddings(prepared, loaded, device=device, progress=embed_progress)
     train = training_slices(prepared, "train")
     has_val = bool(prepared.case_ids(config.val_split))
     order = SliceOrder(len(train), config.batch_size, config.grad_accum, config.seed)
@@ -118,10 +155,15 @@ def finetune(
 
     def compute_loss(step: int, micro: int, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         losses, totals = [], {"prompts": 0.0, "train_iou": 0.0, "prompt_s": 0.0, "data_s": 0.0}
-        for index in order.indices(step, micro):
-            t0 = time.perf_counter()
-            sample = load_slice(prepared, cache, train[index], config.is_lesion)
-            totals["data_s"] += time.perf_counter() - t0
+        items = [train[index] for index in order.indices(step, micro)]
+        t0 = time.perf_counter()
+        samples = [load_slice(prepared, None if lora else cache, item, config.is_lesion) for item in items]
+        totals["data_s"] += time.perf_counter() - t0
+        if lora:
+            embeddings = encode_with_grad(loaded, prepared, items, device)
+            for b, sample in enumerate(samples):
+                sample.embedding = embeddings[b : b + 1]
+        for sample in samples:
             loss, stats = objective.slice_loss(loaded.sam, sample, generator)
             losses.append(loss)
             for key in ("prompts", "prompt_s"):
@@ -130,7 +172,8 @@ def finetune(
         return torch.stack(losses).mean(), totals
 
     def info(step: int, val: float | None) -> dict:
-        return {"description": f"SAM fine-tuned by samadapt train ({config.prompting}-prompt boxes)",
+        lora_note = f", encoder LoRA rank {config.lora_rank} merged" if lora else ""
+        return {"description": f"SAM fine-tuned by samadapt train ({config.prompting}-prompt boxes{lora_note})",
                 "base_model": config.model, "base_checkpoint": str(loaded.checkpoint or ""),
                 "data": {"prepared": str(prepared.root), "hash": prepared.hash, "classes": prepared.class_names},
                 "training": {"config": config_to_dict(config), "steps": step, "val_dice": val}}
@@ -138,7 +181,7 @@ def finetune(
     best_path = run_dir / "best.pth"
 
     def save_best(step: int, score: float) -> None:
-        save_sam(loaded.sam, loaded.spec, best_path, info(step, score))
+        save_sam(plain_copy(loaded), loaded.spec, best_path, info(step, score))
 
     result = run_training(
         run_dir, named, EngineSettings.from_config(config), compute_loss, device,
@@ -148,7 +191,7 @@ def finetune(
     final_val = result.curve[-1][1] if result.curve else None
     model_path = run_dir / "model.pth"
     if result.steps_run or not model_path.is_file():  # a finished run's model stays as it was
-        save_sam(loaded.sam, loaded.spec, model_path, info(result.steps, final_val))
+        save_sam(plain_copy(loaded), loaded.spec, model_path, info(result.steps, final_val))
     return FinetuneResult(model_path, best_path if best_path.is_file() else None, result.steps,
                           result.best_score if has_val else None, result.best_step if has_val else None,
                           result.curve, result.wall_s)

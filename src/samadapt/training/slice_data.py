@@ -32,11 +32,12 @@ class TrainingSlice:
 class SliceSample:
     """A loaded training slice.
 
-    ``embedding``: ``1xCxgxg`` float32 image embedding; ``masks``: ``NxSxS`` bool object masks in the model
+    ``embedding``: ``1xCxgxg`` float32 image embedding (None until encoded, when read without a cache);
+    ``masks``: ``NxSxS`` bool object masks in the model
     frame; ``classes``: the N class names; ``is_lesion``: ``N`` bool.
     """
 
-    embedding: torch.Tensor
+    embedding: torch.Tensor | None
     masks: torch.Tensor
     classes: list[str]
     is_lesion: torch.Tensor
@@ -72,10 +73,13 @@ class SliceOrder:
 
 
 def load_slice(
-    prepared: PreparedDataset, cache: EmbeddingCache, item: TrainingSlice, is_lesion_class
+    prepared: PreparedDataset, cache: EmbeddingCache | None, item: TrainingSlice, is_lesion_class
 ) -> SliceSample:
-    """Read the embedding and object masks of ``item`` (``is_lesion_class``: class name -> bool)."""
-    embedding = torch.from_numpy(np.asarray(cache.embeddings(item.case_id)[item.slice], dtype=np.float32))[None]
+    """Read the embedding (from ``cache``, if given) and object masks of ``item`` (``is_lesion_class``:
+    class name -> bool)."""
+    embedding = None
+    if cache is not None:
+        embedding = torch.from_numpy(np.asarray(cache.embeddings(item.case_id)[item.slice], dtype=np.float32))[None]
     labels = np.asarray(prepared.labels(item.case_id)[item.slice])
     masks = torch.from_numpy(np.stack([np.isin(labels, obj.values) for obj in item.objects]))
     classes = [obj.class_name for obj in item.objects]
