@@ -227,6 +227,12 @@ class FinetuneConfig:
     attention. LoRA runs the encoder on the slices at every step (no embedding cache: slower) and merges
     the adapters into the saved weights.
 
+    Data pruning (``pruning``): ``class`` is CBDP, ``global`` InfoBatch's single threshold, ``random`` the
+    same count at random, ``none`` all data (see :mod:`samadapt.training.pruning` for the rule and the
+    ``prune_*`` settings). With pruning, ``steps`` sets the length in full-data epochs
+    (``steps x batch_size x grad_accum / training slices``) and the run ends when those epochs are done,
+    in fewer steps.
+
     Engine: AdamW, linear warm-up then cosine to ``min_lr_fraction`` x ``lr``, ``grad_accum`` micro-batches
     of ``batch_size`` slices per step, gradient clipping, bf16/fp16 autocast on CUDA when ``amp`` (never on
     CPU), checkpoints every ``checkpoint_every`` steps, validation Dice on ``val_split`` every
@@ -263,6 +269,11 @@ class FinetuneConfig:
     eval_every: int = 50
     val_split: str = "val"
     device: str = "cpu"
+    pruning: str = "none"
+    prune_ratio: float = 0.5
+    prune_anneal_fraction: float = 0.125
+    prune_min_class_share: float = 0.5
+    prune_protected_classes: list[str] | None = None
 
     def __post_init__(self) -> None:
         def bad(what: str) -> ConfigError:
@@ -270,7 +281,7 @@ class FinetuneConfig:
 
         choices = {"prompting": ("multi", "single"), "box_noise": ("medsam", "sam", "none"),
                    "loss": ("dice+bce", "dice+focal"), "prompt_reduction": ("mean", "max"),
-                   "val_split": ("train", "val", "test")}
+                   "val_split": ("train", "val", "test"), "pruning": ("none", "class", "global", "random")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise bad(f"{key}={getattr(self, key)!r}: use one of {', '.join(allowed)}")
@@ -291,8 +302,16 @@ class FinetuneConfig:
                 raise bad(f"{key}={value!r}: use a number >= 0")
         if not isinstance(self.lr, (int, float)) or not self.lr > 0:
             raise bad(f"lr={self.lr!r}: use a positive number, e.g. 1e-4")
-        if not isinstance(self.min_lr_fraction, (int, float)) or not 0 <= self.min_lr_fraction <= 1:
-            raise bad(f"min_lr_fraction={self.min_lr_fraction!r}: use a fraction between 0 and 1")
+        for key in ("min_lr_fraction", "prune_anneal_fraction", "prune_min_class_share"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise bad(f"{key}={value!r}: use a fraction between 0 and 1")
+        if isinstance(self.prune_ratio, bool) or not isinstance(self.prune_ratio, (int, float)) or not (
+            0 <= self.prune_ratio < 1
+        ):
+            raise bad(f"prune_ratio={self.prune_ratio!r}: use a fraction in [0, 1)")
+        if isinstance(self.prune_protected_classes, str):
+            self.prune_protected_classes = [c.strip() for c in self.prune_protected_classes.split(",") if c.strip()]
         if isinstance(self.lesion_classes, str):
             self.lesion_classes = [c.strip() for c in self.lesion_classes.split(",") if c.strip()]
         self.data = str(self.data)

@@ -139,3 +139,14 @@ def test_lora_adapts_the_encoder_and_saves_a_plain_sam(micro_prepared, base, run
 
 def test_lora_resumes_to_the_same_weights(micro_prepared, base, tmp_path):
     _straight_and_resumed(tmp_path, _config(micro_prepared, base, lora_rank=2, steps=4, eval_every=10), kill_at=3)
+
+
+def test_cbdp_run_takes_fewer_steps_and_resumes_exactly(micro_prepared, base, tmp_path):
+    config = _config(micro_prepared, base, pruning="class", batch_size=4, steps=32, eval_every=100,
+                     checkpoint_every=3, prune_min_class_share=0.0)
+    straight, resumed = _straight_and_resumed(tmp_path, config, kill_at=13)
+    report = json.loads((tmp_path / "straight" / "pruning.json").read_text())
+    assert report["iterations"] == straight.steps < report["iterations_full_data"] == 32
+    assert len(report["epochs"]) == 4 and report["epochs"][0]["slices"] > report["epochs"][1]["slices"]
+    assert report["epochs"][-1]["slices"] == report["epochs"][0]["slices"]  # the annealed last epoch is whole
+    assert resumed.steps == straight.steps

@@ -1,15 +1,16 @@
 """The training engine every adaptation method runs on: optimiser, schedule, checkpoints, logging.
 
 A method supplies the trainable parameters and ``compute_loss(step, micro, generator)``, which builds its
-own micro-batch (a pure function of ``step`` and ``micro``: the data position needs no state of its own)
-and draws every random choice (prompt noise, object subsets) from ``generator``. The engine owns the rest:
+own micro-batch (a function of ``step`` and ``micro``, plus at most the state of a :class:`Schedule`, which
+is checkpointed) and draws every random choice (prompt noise, object subsets) from ``generator``. The
+engine owns the rest:
 
-- AdamW; linear warm-up then cosine decay (``LambdaLR``); ``grad_accum`` micro-batches per step; gradient
-  clipping; autocast on CUDA when ``amp`` (bf16 where supported, else fp16 with a ``GradScaler``), never
-  on CPU, where bf16 is slower than fp32.
+- AdamW; linear warm-up, then cosine decay over the step count or over a :class:`Schedule`'s progress;
+  ``grad_accum`` micro-batches per step; gradient clipping; autocast on CUDA when ``amp`` (bf16 where
+  supported, else fp16 with a ``GradScaler``), never on CPU, where bf16 is slower than fp32.
 - ``<run>/state.pt`` every ``checkpoint_every`` steps and at the end, atomically: trainable weights,
-  optimiser, scheduler, scaler, prompt generator, step, best validation score. A killed run restarted on
-  the same folder continues from there and ends with the same weights as an uninterrupted one.
+  optimiser, schedule state, scaler, prompt generator, step, best validation score. A killed run restarted
+  on the same folder continues from there and ends with the same weights as an uninterrupted one.
 - ``validate()`` every ``eval_every`` steps and at the end; the best score triggers ``save_best``.
 - ``<run>/metrics.jsonl`` (one record per step, validation records carry ``val_*`` keys) and TensorBoard
   events under ``<run>/tensorboard``.
@@ -24,6 +25,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -70,11 +72,26 @@ class TrainingResult:
     steps_run: int = 0
 
 
-def lr_factor(settings: EngineSettings, step: int) -> float:
-    """Multiplier of ``lr`` at ``step`` (0-based): linear warm-up, then cosine to ``min_lr_fraction``."""
+class Schedule(Protocol):
+    """How long a run lasts when that is not a fixed step count (data pruning: epochs of varying length).
+
+    ``progress(step)``: fraction of the run done after ``step`` steps, in [0, 1] (drives the cosine);
+    ``finished(step)``: whether the run ends there. Its ``state_dict`` is saved with the checkpoints.
+    """
+
+    def progress(self, step: int) -> float: ...
+    def finished(self, step: int) -> bool: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+def lr_factor(settings: EngineSettings, step: int, progress: float | None = None) -> float:
+    """Multiplier of ``lr`` at ``step`` (0-based): linear warm-up over ``warmup_steps``, then cosine to
+    ``min_lr_fraction`` over the rest of the run (``progress`` in [0, 1]; by default from the step count)."""
     if step < settings.warmup_steps:
         return (step + 1) / settings.warmup_steps
-    progress = (step - settings.warmup_steps) / max(1, settings.steps - settings.warmup_steps)
+    if progress is None:
+        progress = (step - settings.warmup_steps) / max(1, settings.steps - settings.warmup_steps)
     floor = settings.min_lr_fraction
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
@@ -119,6 +136,7 @@ def run_training(
     validate: Callable[[], float] | None = None,
     save_best: Callable[[int, float], None] | None = None,
     on_step: Callable[[dict], None] = lambda record: None,
+    schedule: Schedule | None = None,
 ) -> TrainingResult:
     """Train ``named_parameters`` for ``settings.steps`` steps into ``run_dir`` (resuming if it has a state).
 
@@ -130,11 +148,19 @@ def run_training(
         validate: returns the validation score (higher is better); called under no_grad (and autocast).
         save_best: ``(step, score)`` called when a validation score beats every earlier one.
         on_step: receives each step's record (``step``, ``loss``, ``lr``, ``step_s``, statistics, ``val_score``).
+        schedule: when the run's length is not ``settings.steps`` (see :class:`Schedule`); ``settings.steps``
+            then only caps it. Its state is checkpointed and restored with the rest.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     parameters = list(named_parameters.values())
     optimizer = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(settings, s))
+
+    def progress(at: int) -> float | None:
+        return schedule.progress(at) if schedule is not None else None
+
+    def finished(at: int) -> bool:
+        return at >= settings.steps or (schedule is not None and schedule.finished(at))
+
     autocast, scaler = _autocast(device, settings.amp)
     generator = torch.Generator().manual_seed(settings.seed)
     step, best_score, best_step, curve, earlier_s = 0, -math.inf, 0, [], 0.0
@@ -145,7 +171,8 @@ def run_training(
             for name, param in named_parameters.items():
                 param.copy_(state["parameters"][name])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        if schedule is not None:
+            schedule.load_state_dict(state["schedule"])
         if scaler is not None and "scaler" in state:
             scaler.load_state_dict(state["scaler"])
         generator.set_state(state["generator"])
@@ -156,7 +183,7 @@ def run_training(
 
     def checkpoint() -> None:
         state = {"parameters": {n: p.detach().cpu() for n, p in named_parameters.items()},
-                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict() if schedule else {},
                  "generator": generator.get_state(), "step": step, "best_score": best_score,
                  "best_step": best_step, "curve": torch.tensor(curve, dtype=torch.float64).reshape(-1, 2),
                  "train_s": earlier_s + time.time() - started}
@@ -172,8 +199,11 @@ def run_training(
     writer = _tensorboard(run_dir, step)
     started, first_step = time.time(), step
     try:
-        while step < settings.steps:
+        while not finished(step):
             t0 = time.perf_counter()
+            lr = settings.lr * lr_factor(settings, step, progress(step))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
             losses, totals = [], {}
             for micro in range(settings.grad_accum):
@@ -193,12 +223,10 @@ def run_training(
                 scaler.update()
             else:
                 optimizer.step()
-            lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
             step += 1
             record = {"step": step, "loss": sum(losses) / len(losses), "lr": lr,
                       "step_s": round(time.perf_counter() - t0, 4), **totals}
-            if validate is not None and (step % settings.eval_every == 0 or step == settings.steps):
+            if validate is not None and (step % settings.eval_every == 0 or finished(step)):
                 score = run_validation()
                 record["val_score"] = score
                 curve.append((step, score))
@@ -212,7 +240,7 @@ def run_training(
                 if key != "step" and isinstance(value, (int, float)):
                     writer.add_scalar(key, value, step)
             on_step(record)
-            if step % settings.checkpoint_every == 0 or step == settings.steps:
+            if step % settings.checkpoint_every == 0 or finished(step):
                 checkpoint()
     finally:
         writer.close()

@@ -24,6 +24,7 @@ from samadapt.data.prepared import PreparedDataset
 from samadapt.errors import ConfigError
 from samadapt.evaluation.box_protocol import predict_with_boxes
 from samadapt.evaluation.metrics import dice
+from samadapt.io.atomic import write_json_atomic
 from samadapt.models.embedding_cache import EmbeddingCache, LiveEmbeddings, compute_embeddings, resolve_device
 from samadapt.models.lora import LoRALinear, add_lora, merge_lora
 from samadapt.models.preprocess import to_model_input
@@ -31,6 +32,7 @@ from samadapt.models.sam import LoadedModel, load_sam, save_sam
 from samadapt.prompts.box_noise import BoxNoise
 from samadapt.training.engine import EngineSettings, run_training
 from samadapt.training.multi_prompt import MultiPromptObjective
+from samadapt.training.pruning import EpochPlanner, PruningSettings
 from samadapt.training.slice_data import SliceOrder, load_slice, training_slices
 
 CONFIG_FILE = "config.yaml"
@@ -55,6 +57,18 @@ def objective_from_config(config: FinetuneConfig) -> MultiPromptObjective:
                      config.box_shift_max_fraction, config.sam_noise_std)
     return MultiPromptObjective(config.prompting, config.max_prompts_per_slice, noise, config.loss,
                                 config.iou_weight, config.prompt_reduction)
+
+
+def planner_from_config(config: FinetuneConfig, train: list) -> EpochPlanner | None:
+    """The epoch planner of a pruned run (None without pruning). A pruned step takes
+    ``batch_size x grad_accum`` slices of the epoch's plan; ``steps`` fixes the number of epochs."""
+    if config.pruning == "none":
+        return None
+    per_step = config.batch_size * config.grad_accum
+    epochs = max(1, round(config.steps * per_step / len(train)))
+    settings = PruningSettings(config.pruning, config.prune_ratio, config.prune_anneal_fraction,
+                               config.prune_min_class_share, tuple(config.prune_protected_classes or ()))
+    return EpochPlanner(train, settings, epochs, per_step, config.seed)
 
 
 def trainable_parameters(
@@ -151,11 +165,23 @@ def finetune(
     train = training_slices(prepared, "train")
     has_val = bool(prepared.case_ids(config.val_split))
     order = SliceOrder(len(train), config.batch_size, config.grad_accum, config.seed)
+    planner = planner_from_config(config, train)
     objective = objective_from_config(config)
+
+    def batch(step: int, micro: int) -> tuple[list[int], list[float]]:
+        if planner is None:
+            indices = order.indices(step, micro)
+            return indices, [1.0] * len(indices)
+        indices, weights = planner.batch(step)  # one micro-batch per step: accumulation is folded in
+        rows = slice(micro * config.batch_size, (micro + 1) * config.batch_size)
+        return indices[rows], weights[rows]
 
     def compute_loss(step: int, micro: int, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         losses, totals = [], {"prompts": 0.0, "train_iou": 0.0, "prompt_s": 0.0, "data_s": 0.0}
-        items = [train[index] for index in order.indices(step, micro)]
+        indices, weights = batch(step, micro)
+        if not indices:  # the short last step of a pruned epoch
+            return next(iter(named.values())).sum() * 0, totals
+        items = [train[index] for index in indices]
         t0 = time.perf_counter()
         samples = [load_slice(prepared, None if lora else cache, item, config.is_lesion) for item in items]
         totals["data_s"] += time.perf_counter() - t0
@@ -163,13 +189,15 @@ def finetune(
             embeddings = encode_with_grad(loaded, prepared, items, device)
             for b, sample in enumerate(samples):
                 sample.embedding = embeddings[b : b + 1]
-        for sample in samples:
-            loss, stats = objective.slice_loss(loaded.sam, sample, generator)
-            losses.append(loss)
+        for index, weight, sample in zip(indices, weights, samples, strict=True):
+            per_prompt, chosen, stats = objective.slice_losses(loaded.sam, sample, generator)
+            if planner is not None:
+                planner.record(index, chosen.tolist(), per_prompt.detach().cpu().tolist())
+            losses.append(objective.reduce(per_prompt) * weight)
             for key in ("prompts", "prompt_s"):
                 totals[key] += stats[key]
-            totals["train_iou"] += stats["train_iou"] / (config.batch_size * config.grad_accum)
-        return torch.stack(losses).mean(), totals
+            totals["train_iou"] += stats["train_iou"] / (len(samples) * config.grad_accum)
+        return torch.stack(losses).sum() / config.batch_size, totals
 
     def info(step: int, val: float | None) -> dict:
         lora_note = f", encoder LoRA rank {config.lora_rank} merged" if lora else ""
@@ -186,8 +214,12 @@ def finetune(
     result = run_training(
         run_dir, named, EngineSettings.from_config(config), compute_loss, device,
         validate=(lambda: validation_dice(loaded, prepared, cache, config.val_split)) if has_val else None,
-        save_best=save_best, on_step=on_step,
+        save_best=save_best, on_step=on_step, schedule=planner,
     )
+    if planner is not None:
+        write_json_atomic(run_dir / "pruning.json", {
+            "policy": config.pruning, "iterations": result.steps, "iterations_full_data": planner.iterations_full(),
+            "fraction_of_full": round(result.steps / planner.iterations_full(), 4), "epochs": planner.history})
     final_val = result.curve[-1][1] if result.curve else None
     model_path = run_dir / "model.pth"
     if result.steps_run or not model_path.is_file():  # a finished run's model stays as it was

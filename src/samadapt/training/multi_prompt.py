@@ -48,11 +48,11 @@ class MultiPromptObjective:
         iou_term = iou_head_loss(iou_pred[:, 0], logits, masks)
         return dice_loss(logits, masks) + pixel + self.iou_weight * iou_term
 
-    def slice_loss(
+    def slice_losses(
         self, sam: Sam, sample: SliceSample, generator: torch.Generator
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Scalar loss of one slice and its statistics: ``prompts``, mean ``train_iou`` of the masks and
-        ``prompt_s``, the seconds spent choosing objects and making their boxes."""
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """Per-prompt losses ``P`` of one slice, the indices of the prompted objects ``P``, and statistics:
+        ``prompts``, mean ``train_iou`` of the masks, ``prompt_s`` (seconds choosing objects and boxes)."""
         t0 = time.perf_counter()
         device = next(sam.mask_decoder.parameters()).device
         image_size = sam.image_encoder.img_size
@@ -64,6 +64,16 @@ class MultiPromptObjective:
         low_res, iou_pred = decode(sam, sample.embedding.to(device), boxes=boxes.to(device))
         logits = upscale_logits(low_res[:, 0], image_size).float()
         losses = self.per_prompt_loss(logits, iou_pred.float(), masks)
-        loss = losses.max() if self.prompt_reduction == "max" else losses.mean()
         iou = float(mask_iou(logits.detach(), masks).mean())
-        return loss, {"prompts": float(len(chosen)), "train_iou": iou, "prompt_s": prompt_s}
+        return losses, chosen, {"prompts": float(len(chosen)), "train_iou": iou, "prompt_s": prompt_s}
+
+    def reduce(self, losses: torch.Tensor) -> torch.Tensor:
+        """The slice's loss from its per-prompt losses: their mean, or their maximum."""
+        return losses.max() if self.prompt_reduction == "max" else losses.mean()
+
+    def slice_loss(
+        self, sam: Sam, sample: SliceSample, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Scalar loss of one slice and the statistics of :meth:`slice_losses`."""
+        losses, _, stats = self.slice_losses(sam, sample, generator)
+        return self.reduce(losses), stats
