@@ -18,10 +18,8 @@ Writes ``benchmarks/results/multi_prompt_speed.json``:
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,12 +27,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_foundation import machine  # noqa: E402
-from samadapt.config import FinetuneConfig, PrepareConfig  # noqa: E402
-from samadapt.data.phantoms import write_phantom_dataset  # noqa: E402
-from samadapt.data.prepare import prepare_dataset  # noqa: E402
+from phantom_workbench import embedded_phantoms, phantom_arguments  # noqa: E402
+from samadapt.config import FinetuneConfig  # noqa: E402
 from samadapt.io.atomic import write_json_atomic  # noqa: E402
-from samadapt.models.embedding_cache import compute_embeddings  # noqa: E402
-from samadapt.models.sam import load_sam  # noqa: E402
 from samadapt.training.finetune import objective_from_config, trainable_parameters  # noqa: E402
 from samadapt.training.slice_data import load_slice, training_slices  # noqa: E402
 
@@ -69,20 +64,11 @@ def time_steps(loaded, prepared, cache, pool, config: FinetuneConfig, steps: int
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="tiny")
-    parser.add_argument("--work", type=Path, default=None, help="folder for phantoms + embeddings (reused)")
-    parser.add_argument("--cases", type=int, default=6)
+    parser = phantom_arguments(__doc__.splitlines()[0], cases=6, out=RESULTS)
     parser.add_argument("--steps", type=int, default=15, help="steps per configuration per round")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    work = args.work or Path(tempfile.mkdtemp(prefix="bench_multi_prompt_"))
-    loaded = load_sam(args.model)
-    source = write_phantom_dataset(work / "phantoms", n_cases=args.cases, seed=0)
-    prepared = prepare_dataset(source, work / "prepared", PrepareConfig(image_size=loaded.spec.image_size,
-                                                                        split=(1.0, 0.0, 0.0)))
-    cache = compute_embeddings(prepared, loaded)
+    _, loaded, prepared, cache = embedded_phantoms(args.work, args.model, args.cases, split=(1.0, 0.0, 0.0))
     slices = training_slices(prepared, "train")
     counts = [1, 4, 8]
     configs = {"single": (FinetuneConfig(prompting="single", box_noise="medsam"), slices)}

@@ -13,10 +13,8 @@ jitter 0/5/10/20 px). Writes the eval report under ``<work>/report`` and the per
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,31 +22,20 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_foundation import machine  # noqa: E402
-from samadapt.config import FinetuneConfig, PrepareConfig, config_to_dict  # noqa: E402
-from samadapt.data.phantoms import write_phantom_dataset  # noqa: E402
-from samadapt.data.prepare import prepare_dataset  # noqa: E402
+from phantom_workbench import embedded_phantoms, phantom_arguments  # noqa: E402
+from samadapt.config import FinetuneConfig, config_to_dict  # noqa: E402
 from samadapt.evaluation.model_comparison import evaluate_models  # noqa: E402
 from samadapt.io.atomic import write_json_atomic  # noqa: E402
-from samadapt.models.embedding_cache import compute_embeddings  # noqa: E402
-from samadapt.models.sam import load_sam  # noqa: E402
 from samadapt.training.finetune import finetune, prepare_run_folder  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "multi_prompt_phantoms.json"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="tiny")
-    parser.add_argument("--work", type=Path, default=None, help="folder for data, runs and the report (reused)")
-    parser.add_argument("--cases", type=int, default=24)
+    parser = phantom_arguments(__doc__.splitlines()[0], cases=24, out=RESULTS)
     parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    work = args.work or Path(tempfile.mkdtemp(prefix="multi_prompt_phantoms_"))
-    loaded = load_sam(args.model)
-    source = write_phantom_dataset(work / "phantoms", n_cases=args.cases, seed=0)
-    prepared = prepare_dataset(source, work / "prepared", PrepareConfig(image_size=loaded.spec.image_size))
-    compute_embeddings(prepared, loaded)
+    work, _, prepared, _ = embedded_phantoms(args.work, args.model, args.cases)
     models, runs = [args.model], {}
     for prompting in ("single", "multi"):
         config = FinetuneConfig(data=str(prepared.root), model=args.model, prompting=prompting, steps=args.steps)

@@ -190,10 +190,12 @@ def train_command(
     """Fine-tune SAM's mask decoder with multi-prompt boxes (or the single-prompt baseline).
 
     Settings: see `FinetuneConfig` (docs/training.md); e.g. --set prompting=single --set steps=500.
+    Data-parallel: `torchrun --nproc_per_node N -m samadapt train ...` (batch_size is split over the ranks).
     """
     from tqdm import tqdm
 
     from samadapt.config import FinetuneConfig, load_config, parse_overrides
+    from samadapt.training.distributed import setup
     from samadapt.training.finetune import finetune, prepare_run_folder
 
     overrides = parse_overrides(set_)
@@ -220,13 +222,17 @@ def train_command(
             shown["val_dice"] = f"{record['val_score']:.3f}"
         bar.set_postfix(shown, refresh=True)
 
+    ranks, _ = setup(settings.device)
     try:
-        if not resume:
+        if not resume and ranks.is_main:
             prepare_run_folder(out, settings, resume=False)
+        ranks.barrier()
         result = finetune(out, settings, on_step=on_step, embed_progress=embed_progress)
     finally:
         for bar in bars.values():
             bar.close()
+    if not ranks.is_main:
+        return
     if result.best_val_dice is not None:
         typer.echo(f"best validation Dice {result.best_val_dice:.3f} at step {result.best_step}: {result.best}")
     typer.echo(f"model written to {result.model} (sidecar {result.model.with_suffix('.json')})")

@@ -5,11 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from samadapt.config import PrepareConfig
 from samadapt.data.phantoms import write_phantom_dataset
 from samadapt.data.prepare import prepare_dataset
 from samadapt.data.prepared import PreparedDataset
+from samadapt.models.registry import REGISTRY
+from samadapt.models.sam import build_sam, save_sam
 
 
 @pytest.fixture(scope="session")
@@ -23,3 +26,12 @@ def micro_prepared(tmp_path_factory) -> PreparedDataset:
 @pytest.fixture()
 def run_dir(tmp_path: Path) -> Path:
     return tmp_path / "run"
+
+
+@pytest.fixture(scope="session")
+def base(tmp_path_factory) -> Path:
+    """A seeded random ``test_micro`` SAM saved as a checkpoint: the base model fine-tuning starts from."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        spec = REGISTRY["test_micro"]
+        return save_sam(build_sam(spec), spec, tmp_path_factory.mktemp("base") / "micro.pth")

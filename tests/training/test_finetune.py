@@ -12,20 +12,12 @@ from typer.testing import CliRunner
 from samadapt.cli import app
 from samadapt.config import FinetuneConfig
 from samadapt.errors import ConfigError
-from samadapt.models.registry import REGISTRY
-from samadapt.models.sam import build_sam, load_sam, read_state_dict, save_sam
+from samadapt.models.sam import load_sam, read_state_dict
 from samadapt.training.finetune import finetune, prepare_run_folder
 
 
 class KilledError(RuntimeError):
     pass
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    spec = REGISTRY["test_micro"]
-    return save_sam(build_sam(spec), spec, tmp_path_factory.mktemp("base") / "micro.pth")
 
 
 def _config(prepared, base, **kw) -> FinetuneConfig:

@@ -14,6 +14,9 @@ engine owns the rest:
 - ``validate()`` every ``eval_every`` steps and at the end; the best score triggers ``save_best``.
 - ``<run>/metrics.jsonl`` (one record per step, validation records carry ``val_*`` keys) and TensorBoard
   events under ``<run>/tensorboard``.
+- Under ``torchrun`` (:mod:`samadapt.training.distributed`): gradients and step statistics are summed over
+  the ranks, validation runs on rank 0, and rank 0 alone writes; ``compute_loss`` takes its rank's shard
+  and divides by the global batch.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import Protocol
 import torch
 
 from samadapt.io.atomic import atomic_path
+from samadapt.training.distributed import current
 
 STATE_FILE = "state.pt"
 METRICS_FILE = "metrics.jsonl"
@@ -147,11 +151,14 @@ def run_training(
             are summed over the micro-batches of a step.
         validate: returns the validation score (higher is better); called under no_grad (and autocast).
         save_best: ``(step, score)`` called when a validation score beats every earlier one.
-        on_step: receives each step's record (``step``, ``loss``, ``lr``, ``step_s``, statistics, ``val_score``).
+        on_step: receives each step's record (``step``, ``loss``, ``lr``, ``step_s``, statistics, ``val_score``);
+            on rank 0 only.
         schedule: when the run's length is not ``settings.steps`` (see :class:`Schedule`); ``settings.steps``
             then only caps it. Its state is checkpointed and restored with the rest.
     """
-    run_dir.mkdir(parents=True, exist_ok=True)
+    ranks = current()
+    if ranks.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     parameters = list(named_parameters.values())
     optimizer = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
 
@@ -162,7 +169,7 @@ def run_training(
         return at >= settings.steps or (schedule is not None and schedule.finished(at))
 
     autocast, scaler = _autocast(device, settings.amp)
-    generator = torch.Generator().manual_seed(settings.seed)
+    generator = torch.Generator().manual_seed(settings.seed + ranks.rank)  # each rank its own prompt draws
     step, best_score, best_step, curve, earlier_s = 0, -math.inf, 0, [], 0.0
     state_path, metrics_path = run_dir / STATE_FILE, run_dir / METRICS_FILE
     if state_path.is_file():
@@ -175,16 +182,20 @@ def run_training(
             schedule.load_state_dict(state["schedule"])
         if scaler is not None and "scaler" in state:
             scaler.load_state_dict(state["scaler"])
-        generator.set_state(state["generator"])
+        generator.set_state(state["generators"][ranks.rank])
         step, best_score, best_step = int(state["step"]), float(state["best_score"]), int(state["best_step"])
         curve = [(int(s), float(v)) for s, v in state["curve"].tolist()]
         earlier_s = float(state["train_s"])
-        truncate_metrics(metrics_path, step)
+        if ranks.is_main:
+            truncate_metrics(metrics_path, step)
 
     def checkpoint() -> None:
+        generators = ranks.gather(generator.get_state())
+        if not ranks.is_main:
+            return
         state = {"parameters": {n: p.detach().cpu() for n, p in named_parameters.items()},
                  "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict() if schedule else {},
-                 "generator": generator.get_state(), "step": step, "best_score": best_score,
+                 "generators": generators, "step": step, "best_score": best_score,
                  "best_step": best_step, "curve": torch.tensor(curve, dtype=torch.float64).reshape(-1, 2),
                  "train_s": earlier_s + time.time() - started}
         if scaler is not None:
@@ -193,10 +204,13 @@ def run_training(
             torch.save(state, tmp)
 
     def run_validation() -> float:
-        with torch.no_grad(), autocast():
-            return float(validate())
+        score = None
+        if ranks.is_main:
+            with torch.no_grad(), autocast():
+                score = float(validate())
+        return float(ranks.broadcast(score))
 
-    writer = _tensorboard(run_dir, step)
+    writer = _tensorboard(run_dir, step) if ranks.is_main else None
     started, first_step = time.time(), step
     try:
         while not finished(step):
@@ -214,6 +228,9 @@ def run_training(
                 losses.append(float(loss.detach()))
                 for key, value in stats.items():
                     totals[key] = totals.get(key, 0.0) + value
+            ranks.sum_gradients(parameters)
+            totals = ranks.sum({**totals, "loss": sum(losses) / len(losses)})
+            step_loss = totals.pop("loss")
             if scaler is not None:
                 scaler.unscale_(optimizer)
             if settings.grad_clip > 0:
@@ -224,7 +241,7 @@ def run_training(
             else:
                 optimizer.step()
             step += 1
-            record = {"step": step, "loss": sum(losses) / len(losses), "lr": lr,
+            record = {"step": step, "loss": step_loss, "lr": lr,
                       "step_s": round(time.perf_counter() - t0, 4), **totals}
             if validate is not None and (step % settings.eval_every == 0 or finished(step)):
                 score = run_validation()
@@ -232,17 +249,19 @@ def run_training(
                 curve.append((step, score))
                 if score > best_score:
                     best_score, best_step = score, step
-                    if save_best is not None:
+                    if save_best is not None and ranks.is_main:
                         save_best(step, score)
-            with open(metrics_path, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    writer.add_scalar(key, value, step)
-            on_step(record)
+            if ranks.is_main:
+                with open(metrics_path, "a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+                for key, value in record.items():
+                    if key != "step" and isinstance(value, (int, float)):
+                        writer.add_scalar(key, value, step)
+                on_step(record)
             if step % settings.checkpoint_every == 0 or finished(step):
                 checkpoint()
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
     wall_s = earlier_s + time.time() - started if step > first_step else earlier_s
     return TrainingResult(step, best_score, best_step, curve, wall_s, step - first_step)

@@ -25,11 +25,18 @@ from samadapt.errors import ConfigError
 from samadapt.evaluation.box_protocol import predict_with_boxes
 from samadapt.evaluation.metrics import dice
 from samadapt.io.atomic import write_json_atomic
-from samadapt.models.embedding_cache import EmbeddingCache, LiveEmbeddings, compute_embeddings, resolve_device
+from samadapt.models.embedding_cache import (
+    EmbeddingCache,
+    LiveEmbeddings,
+    compute_embeddings,
+    open_cache,
+    resolve_device,
+)
 from samadapt.models.lora import LoRALinear, add_lora, merge_lora
 from samadapt.models.preprocess import to_model_input
 from samadapt.models.sam import LoadedModel, load_sam, save_sam
 from samadapt.prompts.box_noise import BoxNoise
+from samadapt.training.distributed import setup
 from samadapt.training.engine import EngineSettings, run_training
 from samadapt.training.multi_prompt import MultiPromptObjective
 from samadapt.training.pruning import EpochPlanner, PruningSettings
@@ -69,6 +76,21 @@ def planner_from_config(config: FinetuneConfig, train: list) -> EpochPlanner | N
     settings = PruningSettings(config.pruning, config.prune_ratio, config.prune_anneal_fraction,
                                config.prune_min_class_share, tuple(config.prune_protected_classes or ()))
     return EpochPlanner(train, settings, epochs, per_step, config.seed)
+
+
+def write_pruning_log(run_dir: Path, policy: str, planner: EpochPlanner, step: int, finished: bool) -> None:
+    """``pruning.json``: per planned epoch, slices kept (in all and per class) and its steps; iterations so far
+    against a full-data run (epochs started so far, or the whole run once ``finished``)."""
+    full_per_epoch = planner.iterations_full() // planner.epochs
+    epochs = planner.history if finished else planner.history[:-1]  # the current epoch is still running
+    if finished:
+        iterations, full = step, planner.iterations_full()
+    else:
+        iterations, full = sum(e["steps"] for e in epochs), full_per_epoch * len(epochs)
+    write_json_atomic(run_dir / "pruning.json", {
+        "policy": policy, "finished": finished, "iterations": iterations, "iterations_full_data": full,
+        "fraction_of_full": round(iterations / max(1, full), 4), "iterations_saved_so_far": full - iterations,
+        "epochs": planner.history})
 
 
 def trainable_parameters(
@@ -151,7 +173,8 @@ def finetune(
     if not config.data:
         raise ConfigError("train setting data: give the prepared dataset folder (samadapt train PREPARED)")
     prepared = PreparedDataset(config.data)
-    device = resolve_device(config.device)
+    ranks, device_name = setup(config.device)
+    device = resolve_device(device_name)
     loaded = load_sam(config.model, device=device)
     if loaded.spec.image_size != prepared.image_size:
         raise ConfigError(f"{prepared.root}: prepared at {prepared.image_size} px but model '{config.model}' takes "
@@ -161,7 +184,10 @@ def finetune(
     if lora:  # the encoder changes every step: encode on the fly instead of reading a cache
         cache = LiveEmbeddings(prepared, loaded, device=device)
     else:
-        cache = compute_embeddings(prepared, loaded, device=device, progress=embed_progress)
+        if ranks.is_main:  # one writer; the other ranks open the finished cache
+            compute_embeddings(prepared, loaded, device=device, progress=embed_progress)
+        ranks.barrier()
+        cache = open_cache(prepared, loaded)
     train = training_slices(prepared, "train")
     has_val = bool(prepared.case_ids(config.val_split))
     order = SliceOrder(len(train), config.batch_size, config.grad_accum, config.seed)
@@ -179,7 +205,10 @@ def finetune(
     def compute_loss(step: int, micro: int, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         losses, totals = [], {"prompts": 0.0, "train_iou": 0.0, "prompt_s": 0.0, "data_s": 0.0}
         indices, weights = batch(step, micro)
-        if not indices:  # the short last step of a pruned epoch
+        indices, weights = ranks.shard(indices), ranks.shard(weights)  # this rank's share of the micro-batch
+        if not indices:  # a short last step of a pruned epoch (or fewer slices than ranks)
+            if planner is not None:
+                record_scores([])
             return next(iter(named.values())).sum() * 0, totals
         items = [train[index] for index in indices]
         t0 = time.perf_counter()
@@ -189,15 +218,23 @@ def finetune(
             embeddings = encode_with_grad(loaded, prepared, items, device)
             for b, sample in enumerate(samples):
                 sample.embedding = embeddings[b : b + 1]
+        scores = []
         for index, weight, sample in zip(indices, weights, samples, strict=True):
             per_prompt, chosen, stats = objective.slice_losses(loaded.sam, sample, generator)
-            if planner is not None:
-                planner.record(index, chosen.tolist(), per_prompt.detach().cpu().tolist())
+            scores.append((index, chosen.tolist(), per_prompt.detach().cpu().tolist()))
             losses.append(objective.reduce(per_prompt) * weight)
             for key in ("prompts", "prompt_s"):
                 totals[key] += stats[key]
-            totals["train_iou"] += stats["train_iou"] / (len(samples) * config.grad_accum)
+            totals["train_iou"] += stats["train_iou"] / (config.batch_size * config.grad_accum)
+        if planner is not None:
+            record_scores(scores)
         return torch.stack(losses).sum() / config.batch_size, totals
+
+    def record_scores(scores: list) -> None:
+        """Give the planner every rank's latest object losses, so all ranks plan alike."""
+        for rank_scores in ranks.gather(scores):
+            for index, chosen, values in rank_scores:
+                planner.record(index, chosen, values)
 
     def info(step: int, val: float | None) -> dict:
         lora_note = f", encoder LoRA rank {config.lora_rank} merged" if lora else ""
@@ -207,6 +244,16 @@ def finetune(
                 "training": {"config": config_to_dict(config), "steps": step, "val_dice": val}}
 
     best_path = run_dir / "best.pth"
+    logged_epochs = [0]
+
+    def log_pruning(record: dict) -> None:
+        """Per epoch of a pruned run: slices kept per class and iterations saved so far (pruning.json)."""
+        if planner is not None:
+            record["epoch"] = planner.plan.epoch
+            if len(planner.history) != logged_epochs[0]:
+                logged_epochs[0] = len(planner.history)
+                write_pruning_log(run_dir, config.pruning, planner, record["step"], finished=False)
+        on_step(record)
 
     def save_best(step: int, score: float) -> None:
         save_sam(plain_copy(loaded), loaded.spec, best_path, info(step, score))
@@ -214,15 +261,13 @@ def finetune(
     result = run_training(
         run_dir, named, EngineSettings.from_config(config), compute_loss, device,
         validate=(lambda: validation_dice(loaded, prepared, cache, config.val_split)) if has_val else None,
-        save_best=save_best, on_step=on_step, schedule=planner,
+        save_best=save_best, on_step=log_pruning, schedule=planner,
     )
-    if planner is not None:
-        write_json_atomic(run_dir / "pruning.json", {
-            "policy": config.pruning, "iterations": result.steps, "iterations_full_data": planner.iterations_full(),
-            "fraction_of_full": round(result.steps / planner.iterations_full(), 4), "epochs": planner.history})
+    if planner is not None and ranks.is_main:
+        write_pruning_log(run_dir, config.pruning, planner, result.steps, finished=True)
     final_val = result.curve[-1][1] if result.curve else None
     model_path = run_dir / "model.pth"
-    if result.steps_run or not model_path.is_file():  # a finished run's model stays as it was
+    if ranks.is_main and (result.steps_run or not model_path.is_file()):  # a finished run's model stays
         save_sam(plain_copy(loaded), loaded.spec, model_path, info(result.steps, final_val))
     return FinetuneResult(model_path, best_path if best_path.is_file() else None, result.steps,
                           result.best_score if has_val else None, result.best_step if has_val else None,

@@ -1,0 +1,49 @@
+"""Data-parallel fine-tuning under torchrun (2 CPU processes, gloo): the same model as one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import torch
+
+from samadapt.config import FinetuneConfig
+from samadapt.models.sam import read_state_dict
+from samadapt.training.distributed import Ranks
+from samadapt.training.finetune import finetune, prepare_run_folder
+
+SETTINGS = {"box_noise": "none", "batch_size": 4, "steps": 24, "eval_every": 12, "checkpoint_every": 12,
+            "pruning": "class", "prune_min_class_share": 0.0, "lr": 1e-3, "warmup_steps": 2}
+
+
+def test_shards_split_a_batch_without_overlap():
+    items = list(range(7))
+    shards = [Ranks(r, 3).shard(items) for r in range(3)]
+    assert sorted(sum(shards, [])) == items and shards[0] == [0, 3, 6]
+
+
+def test_torchrun_two_ranks_match_one_process(micro_prepared, base, tmp_path):
+    single = tmp_path / "single"
+    config = FinetuneConfig(data=str(micro_prepared.root), model=str(base), **SETTINGS)
+    prepare_run_folder(single, config, resume=False)
+    finetune(single, config)
+
+    ddp = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "samadapt", "train", str(micro_prepared.root), "--out", str(ddp), "--set", f"model={base}"]
+    command += [arg for key, value in SETTINGS.items() for arg in ("--set", f"{key}={value}")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("model written to") == 1  # rank 0 alone reports and writes
+
+    a, b = read_state_dict(single / "model.pth"), read_state_dict(ddp / "model.pth")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+    plans = [json.loads((run / "pruning.json").read_text()) for run in (single, ddp)]
+    assert plans[0]["iterations"] == plans[1]["iterations"] < plans[0]["iterations_full_data"]
+    assert [e["slices"] for e in plans[0]["epochs"]] == [e["slices"] for e in plans[1]["epochs"]]
+    lines = (ddp / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == list(range(1, plans[1]["iterations"] + 1))
