@@ -4,7 +4,7 @@ Multi-prompt decoder fine-tuning on CT phantoms (organs plus rare lesions) runs 
 number of epochs: all data (``none``), CBDP (``class``), InfoBatch's single threshold (``global``) and
 random pruning of as many slices as CBDP (``random``). Each run's validation Dice is logged against its
 iterations; the final models are scored on the test cases (tight boxes, 2D Dice per object, mean per
-class). Writes ``benchmarks/results/cbdp_phantoms.json`` and ``cbdp_dice_vs_iterations.png`` beside it.
+class). Writes ``benchmarks/results/cbdp_phantoms.json`` and its plot ``cbdp_phantoms.png``.
 
     python benchmarks/cbdp_phantoms.py                         # ~20 min on 2 CPU cores
     python benchmarks/cbdp_phantoms.py --epochs 4 --cases 8    # a quick look
@@ -37,6 +37,7 @@ def main() -> None:
     parser = phantom_arguments(__doc__.splitlines()[0], cases=12, out=RESULTS)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--prune-ratio", type=float, default=0.5, help="share of well-learned slices pruned")
     args = parser.parse_args()
     work, loaded, prepared, cache = embedded_phantoms(args.work, args.model, args.cases)
     n_train = len(training_slices(prepared, "train"))
@@ -46,8 +47,8 @@ def main() -> None:
     for policy in POLICIES:
         config = FinetuneConfig(data=str(prepared.root), model=args.model, pruning=policy, steps=steps,
                                 batch_size=args.batch_size, eval_every=max(1, steps // 8),
-                                checkpoint_every=max(1, steps // 8))
-        run_dir = work / "runs" / policy
+                                checkpoint_every=max(1, steps // 8), prune_ratio=args.prune_ratio)
+        run_dir = work / "runs" / (policy if policy == "none" else f"{policy}-r{args.prune_ratio:g}")
         config = prepare_run_folder(run_dir, config, resume=(run_dir / "config.yaml").is_file())
         result = finetune(run_dir, config)
         tuned = load_sam(str(result.model))
@@ -72,13 +73,15 @@ def main() -> None:
     ax.set_ylabel("validation Dice (mean over classes)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    save_figure(fig, args.out.with_name("cbdp_dice_vs_iterations.png"))
+    save_figure(fig, args.out.with_suffix(".png"))
     write_json_atomic(args.out, {
         "what": "multi-prompt decoder fine-tuning for the same epochs with four pruning policies; test Dice "
                 "(tight boxes, 2D, mean per class) and validation Dice against iterations",
         "model": args.model, "cases": args.cases, "epochs": args.epochs, "training_slices": n_train,
+        "prune_ratio": args.prune_ratio,
         "full_data_iterations": steps, "runs": runs, "machine": machine(),
-        "command": f"python benchmarks/cbdp_phantoms.py --cases {args.cases} --epochs {args.epochs}",
+        "command": f"python benchmarks/cbdp_phantoms.py --cases {args.cases} --epochs {args.epochs} "
+                   f"--prune-ratio {args.prune_ratio:g}",
     })
     print(f"wrote {args.out}")
 
