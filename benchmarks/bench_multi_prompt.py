@@ -67,14 +67,17 @@ def main() -> None:
     parser = phantom_arguments(__doc__.splitlines()[0], cases=6, out=RESULTS)
     parser.add_argument("--steps", type=int, default=15, help="steps per configuration per round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--loss-size", type=int, default=FinetuneConfig().loss_size,
+                        help="side of the mask-loss frame (FinetuneConfig.loss_size; default: its default)")
     args = parser.parse_args()
     _, loaded, prepared, cache = embedded_phantoms(args.work, args.model, args.cases, split=(1.0, 0.0, 0.0))
     slices = training_slices(prepared, "train")
     counts = [1, 4, 8]
-    configs = {"single": (FinetuneConfig(prompting="single", box_noise="medsam"), slices)}
+    configs = {"single": (FinetuneConfig(prompting="single", box_noise="medsam", loss_size=args.loss_size), slices)}
     for k in counts:
         pool = [s for s in slices if len(s.objects) >= k]
-        configs[f"multi_{k}"] = (FinetuneConfig(prompting="multi", max_prompts_per_slice=k), pool)
+        configs[f"multi_{k}"] = (FinetuneConfig(prompting="multi", max_prompts_per_slice=k, loss_size=args.loss_size),
+                                 pool)
     timings: dict[str, list[dict]] = {name: [] for name in configs}
     for _ in range(2):  # warm-up: allocator, first-call overheads
         for config, pool in configs.values():
@@ -96,9 +99,10 @@ def main() -> None:
         "what": "objects trained per second, multi-prompt (K objects per slice, one decoder pass) vs "
                 "single-prompt (one object per slice), 4 slices per step, decoder fine-tuning from cached "
                 "embeddings, fp32 CPU",
-        "model": args.model, "machine": machine(), "configurations": result, "speedup_vs_single": speedup,
+        "model": args.model, "loss_size": args.loss_size, "machine": machine(), "configurations": result,
+        "speedup_vs_single": speedup,
         "targets": {"speedup_at_8_objects": ">= 3", "outside_decoder_fraction": "<= 0.15"},
-        "command": "python benchmarks/bench_multi_prompt.py",
+        "command": "python benchmarks/bench_multi_prompt.py " + " ".join(sys.argv[1:]),
     }
     write_json_atomic(args.out, report)
     print(f"speed-up vs single-prompt: {speedup}")

@@ -20,7 +20,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_foundation import machine  # noqa: E402
 from phantom_workbench import embedded_phantoms, phantom_arguments  # noqa: E402
-from samadapt.config import FinetuneConfig  # noqa: E402
+from samadapt.config import FinetuneConfig, parse_overrides  # noqa: E402
 from samadapt.evaluation.box_protocol import predict_with_boxes, score_predictions  # noqa: E402
 from samadapt.evaluation.figures import pyplot, save_figure  # noqa: E402
 from samadapt.evaluation.metrics import per_class_mean  # noqa: E402
@@ -38,17 +38,26 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--prune-ratio", type=float, default=0.5, help="share of well-learned slices pruned")
+    parser.add_argument("--split", type=float, nargs=3, default=None, metavar=("TRAIN", "VAL", "TEST"),
+                        help="case split fractions (default: prepare's 0.7 0.15 0.15)")
+    parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra FinetuneConfig setting for the pruned runs (repeatable)")
     args = parser.parse_args()
-    work, loaded, prepared, cache = embedded_phantoms(args.work, args.model, args.cases)
+    work, loaded, prepared, cache = embedded_phantoms(args.work, args.model, args.cases,
+                                                      split=tuple(args.split) if args.split else None)
     n_train = len(training_slices(prepared, "train"))
     steps = args.epochs * n_train // args.batch_size
     lesion = FinetuneConfig().is_lesion
     runs = {}
-    for policy in POLICIES:
+    extra = parse_overrides(args.overrides)
+    tag = "".join(f"-{k}={v}" for k, v in sorted(extra.items()))
+    for policy in ["none"] + [p for p in args.policies if p != "none"]:  # the reference always runs
+        pruned = {"prune_ratio": args.prune_ratio, **extra} if policy != "none" else {}
         config = FinetuneConfig(data=str(prepared.root), model=args.model, pruning=policy, steps=steps,
                                 batch_size=args.batch_size, eval_every=max(1, steps // 8),
-                                checkpoint_every=max(1, steps // 8), prune_ratio=args.prune_ratio)
-        run_dir = work / "runs" / (policy if policy == "none" else f"{policy}-r{args.prune_ratio:g}")
+                                checkpoint_every=max(1, steps // 8), **pruned)
+        run_dir = work / "runs" / (policy if policy == "none" else f"{policy}-r{args.prune_ratio:g}{tag}")
         config = prepare_run_folder(run_dir, config, resume=(run_dir / "config.yaml").is_file())
         result = finetune(run_dir, config)
         tuned = load_sam(str(result.model))
@@ -80,8 +89,8 @@ def main() -> None:
         "model": args.model, "cases": args.cases, "epochs": args.epochs, "training_slices": n_train,
         "prune_ratio": args.prune_ratio,
         "full_data_iterations": steps, "runs": runs, "machine": machine(),
-        "command": f"python benchmarks/cbdp_phantoms.py --cases {args.cases} --epochs {args.epochs} "
-                   f"--prune-ratio {args.prune_ratio:g}",
+        "split": args.split, "pruned_run_settings": extra,
+        "command": "python benchmarks/cbdp_phantoms.py " + " ".join(sys.argv[1:]),
     })
     print(f"wrote {args.out}")
 

@@ -59,16 +59,22 @@ def embed_command(
     device: str = typer.Option("cpu", help="Torch device for the encoder: cpu, cuda, cuda:1, ..."),
     out: Path | None = typer.Option(None, help="Cache folder (default: PREPARED/embeddings/<signature[:16]>)."),
 ) -> None:
-    """Run the frozen image encoder once per slice; cache fp16 embeddings (resumes)."""
+    """Run the frozen image encoder once per slice; cache fp16 embeddings (resumes).
+
+    Several processes or GPUs: `torchrun --nproc_per_node N -m samadapt embed ...` splits the cases over the
+    ranks and merges one cache, the same bytes as one process (the bar shows rank 0's share).
+    """
     from tqdm import tqdm
 
     from samadapt.data.prepared import PreparedDataset
     from samadapt.models.embedding_cache import compute_embeddings, resolve_device
     from samadapt.models.sam import load_sam
+    from samadapt.training.distributed import setup
 
     dataset = PreparedDataset(prepared)
     loaded = load_sam(model, device="cpu")
-    with tqdm(unit="slice", desc="embed", dynamic_ncols=True) as bar:
+    ranks, device = setup(device)
+    with tqdm(unit="slice", desc="embed", dynamic_ncols=True, disable=not ranks.is_main) as bar:
 
         def progress(done: int, total: int) -> None:
             bar.total = total
@@ -76,9 +82,10 @@ def embed_command(
 
         cache = compute_embeddings(
             dataset, loaded, out=out, batch_size=batch_size, with_features=features,
-            device=resolve_device(device), progress=progress,
+            device=resolve_device(device), progress=progress, ranks=ranks,
         )
-    typer.echo(f"wrote embeddings of {len(cache.case_ids)} cases to {cache.root}")
+    if ranks.is_main:
+        typer.echo(f"wrote embeddings of {len(cache.case_ids)} cases to {cache.root}")
 
 
 @app.command("prepare")
@@ -178,6 +185,37 @@ def pretrain_command(
     typer.echo(f"model written to {path} (sidecar {path.with_suffix('.json')})")
 
 
+def _run_settings(cls: type, prepared: Path, out: Path, config: Path | None, set_: list[str] | None,
+                  resume: bool) -> Any:
+    """The settings of a run command (``train``, ``adapt``): defaults < ``--config`` < ``--set``; with
+    ``--resume``, the run folder's saved config.yaml, which options may not change."""
+    from samadapt.config import load_config, parse_overrides
+    from samadapt.errors import ConfigError
+    from samadapt.training.finetune import prepare_run_folder
+
+    overrides = parse_overrides(set_)
+    settings = load_config(cls, config, {**overrides, "data": str(prepared)})
+    if not resume:
+        return settings
+    saved = prepare_run_folder(out, settings, resume=True)
+    if config is not None or overrides or Path(saved.data).resolve() != prepared.resolve():
+        raise ConfigError(f"{out}: --resume continues with the run's saved config.yaml; drop --config/--set "
+                          f"and pass the same PREPARED folder ({saved.data})")
+    return saved
+
+
+def _start_run(out: Path, settings: Any, resume: bool) -> Any:
+    """Join the ``torchrun`` job (if any) and, for a new run, set up its folder on rank 0; returns the ranks."""
+    from samadapt.training.distributed import setup
+    from samadapt.training.finetune import prepare_run_folder
+
+    ranks, _ = setup(settings.device)
+    if not resume and ranks.is_main:
+        prepare_run_folder(out, settings, resume=False)
+    ranks.barrier()
+    return ranks
+
+
 @app.command("train")
 @user_errors_exit_2
 def train_command(
@@ -189,25 +227,16 @@ def train_command(
 ) -> None:
     """Fine-tune SAM's mask decoder with multi-prompt boxes (or the single-prompt baseline).
 
-    Settings: see `FinetuneConfig` (docs/training.md); e.g. --set prompting=single --set steps=500.
+    Settings: see `FinetuneConfig` (docs/training.md); e.g. --set prompting=single --set steps=500;
+    --set objective=phpg for PHPG's simulated users and correction rounds (docs/phpg.md).
     Data-parallel: `torchrun --nproc_per_node N -m samadapt train ...` (batch_size is split over the ranks).
     """
     from tqdm import tqdm
 
-    from samadapt.config import FinetuneConfig, load_config, parse_overrides
-    from samadapt.training.distributed import setup
-    from samadapt.training.finetune import finetune, prepare_run_folder
+    from samadapt.config import FinetuneConfig
+    from samadapt.training.finetune import finetune
 
-    overrides = parse_overrides(set_)
-    settings = load_config(FinetuneConfig, config, {**overrides, "data": str(prepared)})
-    if resume:
-        saved = prepare_run_folder(out, settings, resume=True)
-        if config is not None or overrides or Path(saved.data).resolve() != prepared.resolve():
-            from samadapt.errors import ConfigError
-
-            raise ConfigError(f"{out}: --resume continues with the run's saved config.yaml; drop --config/--set "
-                              f"and pass the same PREPARED folder ({saved.data})")
-        settings = saved
+    settings = _run_settings(FinetuneConfig, prepared, out, config, set_, resume)
     bars: dict[str, tqdm] = {}
 
     def embed_progress(done: int, total: int) -> None:
@@ -222,11 +251,8 @@ def train_command(
             shown["val_dice"] = f"{record['val_score']:.3f}"
         bar.set_postfix(shown, refresh=True)
 
-    ranks, _ = setup(settings.device)
     try:
-        if not resume and ranks.is_main:
-            prepare_run_folder(out, settings, resume=False)
-        ranks.barrier()
+        ranks = _start_run(out, settings, resume)
         result = finetune(out, settings, on_step=on_step, embed_progress=embed_progress)
     finally:
         for bar in bars.values():
@@ -236,6 +262,55 @@ def train_command(
     if result.best_val_dice is not None:
         typer.echo(f"best validation Dice {result.best_val_dice:.3f} at step {result.best_step}: {result.best}")
     typer.echo(f"model written to {result.model} (sidecar {result.model.with_suffix('.json')})")
+
+
+@app.command("adapt")
+@user_errors_exit_2
+def adapt_command(
+    prepared: Path = typer.Argument(..., help="Prepared dataset folder (written by `samadapt prepare`)."),
+    out: Path = typer.Option(..., "--out", help="Run folder: config, checkpoints, metrics, adapter.pt."),
+    config: Path | None = typer.Option(None, "--config", help="YAML file of ProMISe settings."),
+    set_: list[str] | None = typer.Option(None, "--set", help="Override a setting: key=value (repeatable)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+) -> None:
+    """ProMISe with SAM frozen: train the auto-prompting module (APM) and/or pattern shifting (IPS).
+
+    Settings: see `PromiseConfig` (docs/promise.md); e.g. --set mode=ips --set steps=500. Embeds the data
+    (with encoder features for the APM) first when the cache is missing. Writes adapter.pt + adapter.json;
+    SAM's weights are never changed or saved. Data-parallel: `torchrun --nproc_per_node N -m samadapt adapt ...`.
+    """
+    from tqdm import tqdm
+
+    from samadapt.config import PromiseConfig
+    from samadapt.promise.adapt import adapt
+
+    settings = _run_settings(PromiseConfig, prepared, out, config, set_, resume)
+    bars: dict[str, tqdm] = {}
+
+    def embed_progress(done: int, total: int) -> None:
+        bar = bars.setdefault("embed", tqdm(total=total, unit="slice", desc="embed", dynamic_ncols=True))
+        bar.update(done - bar.n)
+
+    def on_step(record: dict) -> None:
+        bar = bars.setdefault("adapt", tqdm(total=settings.steps, unit="step", desc="adapt", dynamic_ncols=True))
+        bar.n = record["step"]
+        shown = {"loss": f"{record['loss']:.3f}"}
+        if "val_score" in record:
+            shown["val_dice"] = f"{record['val_score']:.3f}"
+        bar.set_postfix(shown, refresh=True)
+
+    try:
+        ranks = _start_run(out, settings, resume)
+        result = adapt(out, settings, on_step=on_step, embed_progress=embed_progress)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    if not ranks.is_main:
+        return
+    if result.best_val_score is not None:
+        typer.echo(f"best validation Dice {result.best_val_score:.3f} at step {result.best_step}: {result.best}")
+    typer.echo(f"adapter written to {result.adapter} ({result.trainable_parameters} trainable parameters, "
+               f"{result.seconds_per_epoch:.1f} s per epoch; SAM frozen)")
 
 
 @app.command("demo")
@@ -270,19 +345,51 @@ def eval_command(
     out: Path = typer.Option(Path("samadapt-eval"), "--out", help="Report folder (an earlier report is replaced)."),
     device: str = typer.Option("cpu", "--device", help="Torch device: cpu, cuda, cuda:1 ..."),
     seed: int = typer.Option(0, "--seed", help="Seed of the box jitter noise."),
+    protocol: str = typer.Option(
+        "box", "--protocol", help="Comma list: box (always), interactive (Dice after k clicks, NoC@85/90), "
+        "robustness (Dice per simulated prompting behaviour and its spread)."
+    ),
+    prompts: str = typer.Option(
+        "box", "--prompts", help="box: prompted models side by side; auto: ProMISe adapters (--adapter) without "
+        "prompts, against frozen SAM with naive prompts and --model decoders given GT boxes."
+    ),
+    adapter: list[str] | None = typer.Option(
+        None, "--adapter", help="A `samadapt adapt` run folder or adapter file (repeatable; with --prompts auto)."
+    ),
 ) -> None:
-    """Box-prompt evaluation of models side by side: 2D and 3D scores, jitter sensitivity, overlays."""
+    """Box-prompt evaluation of models side by side: 2D and 3D scores, jitter sensitivity, overlays.
+
+    `--protocol box,interactive,robustness` adds the interactive and human-factor robustness protocols.
+    `--prompts auto --adapter RUN` evaluates ProMISe: automatic segmentation per class (with false positives
+    on slices without the class), the promptable check and the adapters' cost (docs/promise.md).
+    """
     from tqdm import tqdm
 
-    from samadapt.evaluation.model_comparison import evaluate_models, parse_jitters
-
-    levels = parse_jitters(jitter)
+    from samadapt.errors import ConfigError
 
     def bars(desc: str, total: int | None):
         return tqdm(desc=desc, total=total, unit="slice", dynamic_ncols=True)
 
+    if prompts not in ("box", "auto"):
+        raise ConfigError(f"--prompts {prompts!r}: use box or auto")
+    if prompts == "box" and adapter:
+        raise ConfigError("--adapter needs --prompts auto (ProMISe adapters segment without prompts)")
+    if prompts == "auto":
+        from samadapt.evaluation.auto_protocol import evaluate_automatic
+
+        summary = evaluate_automatic(prepared, adapter or [], out, references=model or [], split=split,
+                                     device=device, seed=seed, bars=bars)
+        typer.echo(str(summary))
+        return
+
+    from samadapt.evaluation.model_comparison import evaluate_models, parse_jitters
+    from samadapt.evaluation.prompt_protocols import parse_protocols
+
+    levels = parse_jitters(jitter)
+    protocols = parse_protocols(protocol)
+
     summary = evaluate_models(prepared, model or ["tiny"], out, split=split, jitters=levels, device=device,
-                              seed=seed, bars=bars)
+                              seed=seed, bars=bars, protocols=protocols)
     typer.echo(str(summary))
 
 
@@ -325,3 +432,117 @@ def phantoms_command(
         for bar in bars:
             bar.close()
     typer.echo(f"wrote {cases} phantom cases to {path}")
+
+
+@app.command("export-onnx")
+@user_errors_exit_2
+def export_onnx_command(
+    model: str = typer.Argument(..., help="Registry name, SAM-format .pth, or a train/adapt run folder."),
+    out: Path = typer.Option(Path("decoder.onnx"), "--out", help="ONNX file to write (plus <out>.json, a sidecar)."),
+    adapter: str | None = typer.Option(None, "--adapter", help="ProMISe adapter (file or run folder): add its IPS."),
+    multimask: bool | None = typer.Option(
+        None, "--multimask/--single-mask", help="SAM's 3 ambiguity outputs or 1 (default: the adapter's mode, else 1)."
+    ),
+    upscale: bool = typer.Option(False, "--upscale", help="Also output logits upscaled to the model-input frame."),
+    opset: int = typer.Option(17, "--opset", help="ONNX opset version."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Check parity with onnxruntime (1, 4, 16 prompts)."),
+) -> None:
+    """Export SAM's prompt encoder + mask decoder (+ IPS) to ONNX, with a dynamic number of prompts.
+
+    Inputs: the image embedding (from `samadapt embed` or the encoder), point_coords NxPx2 and point_labels
+    NxP (boxes as two corners labelled 2 and 3); outputs low-res logits and IoU predictions. See
+    docs/scaling.md.
+    """
+    from samadapt.export.onnx_decoder import export_decoder, export_source
+
+    loaded, found_adapter = export_source(model, adapter)
+    info = export_decoder(loaded, out, found_adapter, multimask=multimask, upscale=upscale, opset=opset,
+                          verify_counts=(1, 4, 16) if verify else None)
+    typer.echo(f"wrote {out} ({info['model']}, {'with' if info['ips'] else 'without'} IPS, "
+               f"{'3 masks' if info['multimask'] else '1 mask'} per prompt; sidecar {out}.json)")
+    if "parity" in info:
+        parity = info["parity"]
+        typer.echo(f"onnxruntime vs torch: max |logit difference| {parity['max_abs_diff_low_res_logits']:.2e} "
+                   f"(logits up to {parity['logit_scale']:.1f}), IoU {parity['max_abs_diff_iou']:.2e}")
+
+
+@app.command("segment")
+@user_errors_exit_2
+def segment_command(
+    source: Path = typer.Argument(..., help="A volume (NIfTI, NRRD, MHA, DICOM folder) or a folder of volumes."),
+    out: Path = typer.Option(..., "--out", help="Output folder: <case>.nii.gz label volumes and <case>.json sidecars."),
+    model: str | None = typer.Option(
+        None, "--model", help="Registry name, SAM-format .pth or `samadapt train` run folder (default tiny; with "
+        "--adapter its base model)."),
+    boxes: Path | None = typer.Option(None, "--boxes", help="JSON prompt file: 3D boxes / clicks (docs/inference.md)."),
+    auto: bool = typer.Option(False, "--auto", help="Segment without prompts through a ProMISe adapter (--adapter)."),
+    adapter: Path | None = typer.Option(None, "--adapter", help="`samadapt adapt` run folder or its adapter file."),
+    window: str = typer.Option("auto", "--window", help="CT preset, 'W,L', percentiles, none or auto (as prepare)."),
+    modality: str | None = typer.Option(None, "--modality", help="CT or MR: resolves --window auto (default guessed)."),
+    device: str = typer.Option("cpu", "--device", help="Torch device: cpu, cuda, cuda:1 ..."),
+    set_: list[str] | None = typer.Option(
+        None, "--set", help="propagation.KEY=VALUE or auto.KEY=VALUE (repeatable; docs/inference.md)."),
+) -> None:
+    """Segment volumes into NIfTI label volumes on the input's grid, from 3D boxes / clicks or automatically.
+
+    A folder of cases shows a progress bar and resumes: finished cases with the same inputs are skipped.
+    """
+    from tqdm import tqdm
+
+    from samadapt.config import parse_overrides
+    from samadapt.errors import ConfigError
+    from samadapt.inference.prompt_file import PromptFile
+    from samadapt.inference.segment_cases import segment_cases, segment_settings
+    from samadapt.inference.segmenter import Segmenter
+
+    if (boxes is None) == (not auto):
+        raise ConfigError("give either --boxes PROMPTS.json or --auto (with --adapter RUN)")
+    if auto and adapter is None:
+        raise ConfigError("--auto needs --adapter RUN: the ProMISe adapter that predicts the prompts")
+    settings = segment_settings(window, modality, parse_overrides(set_))
+    prompts = PromptFile.read(boxes) if boxes is not None else None
+    segmenter = Segmenter.from_model(model if model is not None or adapter is not None else "tiny", device=device,
+                                     adapter=adapter)
+
+    def bars(desc: str, total: int | None):
+        return tqdm(desc=desc, total=total, unit="case" if total is not None else "slice",
+                    leave=total is not None, dynamic_ncols=True)
+
+    summary = segment_cases(source, out, segmenter, prompts, settings, model_label=model or "",
+                            adapter_label=str(adapter) if adapter is not None else None, bars=bars)
+    typer.echo(f"wrote {len(summary.written)} label volume(s) to {out}"
+               + (f", {len(summary.skipped)} already done" if summary.skipped else "")
+               + (f" ({summary.seconds_per_slice:.3f} s per slice)" if summary.written else ""))
+
+
+@app.command("serve")
+@user_errors_exit_2
+def serve_command(
+    data: Path | None = typer.Option(None, "--data", help="Folder the page may open volumes from (else uploads only)."),
+    model: str | None = typer.Option(
+        None, "--model", help="Registry name, .pth or run folder (default tiny; with --adapter its base model)."),
+    adapter: Path | None = typer.Option(None, "--adapter", help="ProMISe adapter: enables the page's automatic mode."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; the default serves this machine only."),
+    port: int = typer.Option(8000, "--port", help="TCP port."),
+    device: str = typer.Option("cpu", "--device", help="Torch device: cpu, cuda, cuda:1 ..."),
+    max_upload_mb: int = typer.Option(512, "--max-upload-mb", help="Largest accepted upload, MiB."),
+) -> None:
+    """Interactive segmentation in the browser: open or upload a volume, box / click, assign, download NIfTI."""
+    from samadapt.errors import ConfigError
+    from samadapt.inference.segmenter import Segmenter
+    from samadapt.serve.app import create_app, default_allowed_hosts, run_server
+    from samadapt.serve.sessions import ServeSettings
+
+    if not 1 <= port <= 65535 or max_upload_mb < 1:
+        raise ConfigError("--port must lie in 1..65535 and --max-upload-mb be at least 1")
+    segmenter = Segmenter.from_model(model if model is not None or adapter is not None else "tiny", device=device,
+                                     adapter=adapter)
+    settings = ServeSettings(data_dir=data, max_upload_bytes=max_upload_mb * 1024 * 1024, device=device)
+    loopback = host in ("127.0.0.1", "localhost", "::1")
+    allowed = default_allowed_hosts(host) if loopback else ["*"]
+    web = create_app(segmenter.loaded, settings, segmenter.adapter, model or segmenter.loaded.spec.name, allowed)
+    if not loopback:
+        typer.echo(f"warning: serving on {host}: anyone who reaches this machine can open the data folder's volumes",
+                   err=True)
+    typer.echo(f"samadapt serve: http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}  (Ctrl+C stops)")
+    run_server(web, host=host, port=port)

@@ -218,8 +218,9 @@ class FinetuneConfig:
     Lesion classes are ``lesion_classes``, or by default every class whose name contains one of
     :data:`LESION_KEYWORDS`.
 
-    Loss per prompt: Dice + BCE (``loss: dice+focal`` swaps BCE for focal) at the model-input resolution,
-    plus ``iou_weight`` x MSE of the IoU head; reduced over the prompts of a slice by ``prompt_reduction``:
+    Loss per prompt: Dice + BCE (``loss: dice+focal`` swaps BCE for focal) on the logits upsampled to
+    ``loss_size`` px against area-downsampled targets (None: at the model-input resolution), plus
+    ``iou_weight`` x MSE of the IoU head; reduced over the prompts of a slice by ``prompt_reduction``:
     ``mean``, or ``max`` (back-propagate the largest per-prompt loss, the multi-prompt paper's choice).
 
     What trains: the mask decoder; ``train_prompt_encoder`` adds the prompt encoder; ``lora_rank`` > 0 adds
@@ -232,6 +233,16 @@ class FinetuneConfig:
     ``prune_*`` settings). With pruning, ``steps`` sets the length in full-data epochs
     (``steps x batch_size x grad_accum / training slices``) and the run ends when those epochs are done,
     in fewer steps.
+
+    Objective (``objective``): ``multi-prompt`` (the boxes above) or ``phpg``: parallel heuristic prompt
+    generation (:mod:`samadapt.training.phpg`, docs/phpg.md): every region draws a simulated user's first
+    prompt (``phpg_first_weights``, behaviour name -> weight, None: every behaviour 1, names left out: 0),
+    then ``phpg_correction_rounds`` correction clicks (``phpg_correction_weights``: ``largest_error`` /
+    ``random_error``) and ``phpg_mask_only_rounds`` mask-only rounds, all regions of a slice in one decoder
+    pass per round; SAM's recipe is 8 + 2, the default 2 + 1 keeps CPU runs affordable. ``phpg_error_head``
+    trains an error-prediction head (``phpg_error_weight`` x BCE) that places a fraction
+    ``phpg_guidance_mix`` of the correction clicks. The mask loss is the one above, at ``loss_size``; the
+    box settings above do not apply to PHPG.
 
     Engine: AdamW, linear warm-up then cosine to ``min_lr_fraction`` x ``lr``, ``grad_accum`` micro-batches
     of ``batch_size`` slices per step, gradient clipping, bf16/fp16 autocast on CUDA when ``amp`` (never on
@@ -255,6 +266,7 @@ class FinetuneConfig:
     loss: str = "dice+bce"
     iou_weight: float = 1.0
     prompt_reduction: str = "mean"
+    loss_size: int | None = None  # side of the mask-loss frame in px (None: the model-input size)
     steps: int = 300
     batch_size: int = 4
     grad_accum: int = 1
@@ -274,10 +286,21 @@ class FinetuneConfig:
     prune_anneal_fraction: float = 0.125
     prune_min_class_share: float = 0.5
     prune_protected_classes: list[str] | None = None
+    prune_rare_class_share: float = 0.1
+    objective: str = "multi-prompt"
+    phpg_correction_rounds: int = 2  # SAM's recipe and the PHPG issue: 8 (a CPU budget by default)
+    phpg_mask_only_rounds: int = 1  # SAM: 2
+    phpg_first_weights: dict[str, float] | None = None
+    phpg_correction_weights: dict[str, float] | None = None
+    phpg_error_head: bool = True
+    phpg_guidance_mix: float = 0.5
+    phpg_error_weight: float = 1.0
 
     def __post_init__(self) -> None:
         def bad(what: str) -> ConfigError:
             return ConfigError(f"train setting {what}")
+
+        self._check_phpg(bad)
 
         choices = {"prompting": ("multi", "single"), "box_noise": ("medsam", "sam", "none"),
                    "loss": ("dice+bce", "dice+focal"), "prompt_reduction": ("mean", "max"),
@@ -300,24 +323,164 @@ class FinetuneConfig:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise bad(f"{key}={value!r}: use a number >= 0")
+        if self.loss_size is not None and (
+            isinstance(self.loss_size, bool) or not isinstance(self.loss_size, int) or self.loss_size < 8
+        ):
+            raise bad(f"loss_size={self.loss_size!r}: use an integer >= 8 (pixels; capped at the model frame) or null")
         if not isinstance(self.lr, (int, float)) or not self.lr > 0:
             raise bad(f"lr={self.lr!r}: use a positive number, e.g. 1e-4")
-        for key in ("min_lr_fraction", "prune_anneal_fraction", "prune_min_class_share"):
+        for key in ("min_lr_fraction", "prune_anneal_fraction", "prune_min_class_share", "prune_rare_class_share"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
                 raise bad(f"{key}={value!r}: use a fraction between 0 and 1")
         if isinstance(self.prune_ratio, bool) or not isinstance(self.prune_ratio, (int, float)) or not (
-            0 <= self.prune_ratio < 1
+            0 <= self.prune_ratio <= 1
         ):
-            raise bad(f"prune_ratio={self.prune_ratio!r}: use a fraction in [0, 1)")
+            raise bad(f"prune_ratio={self.prune_ratio!r}: use a fraction between 0 and 1")
         if isinstance(self.prune_protected_classes, str):
             self.prune_protected_classes = [c.strip() for c in self.prune_protected_classes.split(",") if c.strip()]
         if isinstance(self.lesion_classes, str):
             self.lesion_classes = [c.strip() for c in self.lesion_classes.split(",") if c.strip()]
         self.data = str(self.data)
 
+    def _check_phpg(self, bad) -> None:
+        """The ``objective`` and ``phpg_*`` settings (behaviour names against the simulators' registry)."""
+        from samadapt.prompts.behaviour_mixture import CORRECTION_BEHAVIOURS, FIRST_BEHAVIOURS, check_weights
+
+        if self.objective not in ("multi-prompt", "phpg"):
+            raise bad(f"objective={self.objective!r}: use one of multi-prompt, phpg")
+        for key in ("phpg_correction_rounds", "phpg_mask_only_rounds"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise bad(f"{key}={value!r}: use an integer >= 0")
+        if not isinstance(self.phpg_error_head, bool):
+            raise bad(f"phpg_error_head={self.phpg_error_head!r}: use true or false")
+        for key in ("phpg_guidance_mix", "phpg_error_weight"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or (
+                key == "phpg_guidance_mix" and value > 1
+            ):
+                raise bad(f"{key}={value!r}: use a number >= 0" + (" and <= 1" if key == "phpg_guidance_mix" else ""))
+        registries = (("phpg_first_weights", FIRST_BEHAVIOURS), ("phpg_correction_weights", CORRECTION_BEHAVIOURS))
+        for key, known in registries:
+            value = getattr(self, key)
+            if value is not None:
+                try:
+                    setattr(self, key, check_weights(value, known, key))
+                except ValueError as err:
+                    raise bad(str(err)) from None
+
     def is_lesion(self, class_name: str) -> bool:
         """Whether ``class_name`` gets the lesion box range (see the class docstring)."""
         if self.lesion_classes is not None:
             return class_name in self.lesion_classes
         return any(key in class_name.lower() for key in LESION_KEYWORDS)
+
+
+@dataclasses.dataclass
+class PromiseConfig:
+    """``samadapt adapt``: ProMISe with SAM frozen: an auto-prompting module (APM) and/or incremental pattern
+    shifting (IPS) trained on a prepared dataset from its embedding cache (docs/promise.md).
+
+    Modes (``mode``): ``apm`` trains the APM alone (its points through the frozen decoder); ``ips`` trains
+    IPS alone with ground-truth prompts (``ips_prompts``: ``points`` = ``num_positive`` clicks in each
+    object and the rest near it, ``box`` = its tight box, ``mixed`` = one of the two per object at random);
+    ``apm+ips`` trains both together, fully automatic. Every SAM parameter stays frozen. In ``apm+ips``,
+    ``promptable_weight`` > 0 adds that weight x the ``ips`` loss (ground-truth prompts, same shift) to each
+    slice's loss, so the shift stays useful with user prompts (docs/promise.md: trained on APM points alone,
+    IPS spoils box prompts); 0 is the paper's recipe.
+
+    APM (:mod:`samadapt.promise.apm`): ``apm_kind`` ``resnet`` or ``cross_attention``; ``apm_size``
+    ``auto`` | ``small`` | ``paper``; ``num_points`` points per class, the first ``num_positive`` positive;
+    one head per class of ``classes`` (default: every class of the prepared dataset); ``apm_init``
+    ``prior`` starts each class's points around its mean box on the training slices, ``centre`` at the
+    image centre; ``presence_head`` adds a per-class "on this slice?" logit (BCE, ``presence_weight``), used
+    to leave absent classes empty. IPS (:mod:`samadapt.promise.ips`): MLP width ``ips_hidden`` (0: 4x the
+    decoder width).
+
+    Loss: BCE + (1 - soft Dice) on the decoder's low-res masks against area-downsampled ground truth, per
+    prompted mask, averaged; the decoder runs with multimask output and the first mask is taken
+    (``multimask_output``, ProMISe's choice; false: the single-mask output). Automatic modes prompt every
+    class present on a slice (the union of its instances); ``ips`` prompts every object.
+
+    Engine (:mod:`samadapt.training.engine`): AdamW (``weight_decay`` 0: the paper's Adam), warm-up then
+    cosine to ``min_lr_fraction``, ``batch_size`` slices per micro-batch, ``grad_accum``, clipping, autocast
+    on CUDA only (``amp``), checkpoints, validation on ``val_split`` every ``eval_every`` steps.
+    """
+
+    data: str = ""  # the prepared dataset folder (set by `samadapt adapt PREPARED`)
+    model: str = "tiny"
+    mode: str = "apm+ips"
+    classes: list[str] | None = None
+    apm_kind: str = "resnet"
+    apm_size: str = "auto"
+    apm_init: str = "prior"
+    num_points: int = 16
+    num_positive: int = 8
+    presence_head: bool = True
+    presence_weight: float = 1.0
+    ips_hidden: int = 0
+    ips_prompts: str = "mixed"
+    negative_margin: float = 0.5
+    promptable_weight: float = 1.0  # apm+ips: weight of the ground-truth-prompt loss that keeps IPS promptable
+    multimask_output: bool = True
+    steps: int = 300
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 20
+    min_lr_fraction: float = 0.05
+    grad_clip: float = 1.0
+    amp: bool = True
+    seed: int = 0
+    checkpoint_every: int = 50
+    eval_every: int = 50
+    val_split: str = "val"
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        def bad(what: str) -> ConfigError:
+            return ConfigError(f"adapt setting {what}")
+
+        choices = {"mode": ("apm", "ips", "apm+ips"), "apm_kind": ("resnet", "cross_attention"),
+                   "apm_size": ("auto", "small", "paper"), "apm_init": ("prior", "centre"),
+                   "ips_prompts": ("points", "box", "mixed"), "val_split": ("train", "val", "test")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise bad(f"{key}={getattr(self, key)!r}: use one of {', '.join(allowed)}")
+        for key in ("num_points", "steps", "batch_size", "grad_accum", "checkpoint_every", "eval_every"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise bad(f"{key}={value!r}: use an integer >= 1")
+        for key in ("num_positive", "ips_hidden", "warmup_steps", "seed"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise bad(f"{key}={value!r}: use an integer >= 0")
+        if self.num_positive > self.num_points:
+            raise bad(f"num_positive={self.num_positive}: at most num_points ({self.num_points})")
+        for key in ("presence_weight", "negative_margin", "promptable_weight", "weight_decay", "grad_clip"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise bad(f"{key}={value!r}: use a number >= 0")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
+            raise bad(f"lr={self.lr!r}: use a positive number, e.g. 1e-3")
+        value = self.min_lr_fraction
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise bad(f"min_lr_fraction={value!r}: use a fraction between 0 and 1")
+        for key in ("presence_head", "multimask_output", "amp"):
+            if not isinstance(getattr(self, key), bool):
+                raise bad(f"{key}={getattr(self, key)!r}: use true or false")
+        if isinstance(self.classes, str):
+            self.classes = [c.strip() for c in self.classes.split(",") if c.strip()]
+        if self.classes is not None and (not self.classes or not all(isinstance(c, str) for c in self.classes)):
+            raise bad(f"classes={self.classes!r}: give a list of class names, e.g. [liver,spleen]")
+        self.data = str(self.data)
+
+    @property
+    def has_apm(self) -> bool:
+        return self.mode in ("apm", "apm+ips")
+
+    @property
+    def has_ips(self) -> bool:
+        return self.mode in ("ips", "apm+ips")

@@ -8,12 +8,13 @@ folder reuses the phantoms, the prepared data, the embedding cache and finished 
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from samadapt.config import FinetuneConfig, PrepareConfig, config_to_dict, load_config
+from samadapt.config import FinetuneConfig, PrepareConfig, PromiseConfig, config_to_dict, load_config
 from samadapt.data.phantoms import write_phantom_dataset
 from samadapt.data.prepare import prepare_dataset
 from samadapt.evaluation.box_protocol import (
@@ -24,12 +25,15 @@ from samadapt.evaluation.box_protocol import (
 )
 from samadapt.evaluation.overlays import save_overlays
 from samadapt.evaluation.report import MethodResult, write_report
-from samadapt.models.embedding_cache import compute_embeddings
+from samadapt.models.embedding_cache import compute_embeddings, open_cache
 from samadapt.models.sam import LoadedModel, load_sam
 from samadapt.progress import BarFactory, as_progress, no_bars
+from samadapt.promise import load_adapter
+from samadapt.promise.adapt import adapt
+from samadapt.promise.predict import predict_automatic_split
 from samadapt.training.finetune import CONFIG_FILE, finetune, prepare_run_folder, validation_dice
 
-METHODS_PENDING = "PHPG + CBDP (issues: PHPG, CBDP) and ProMISe (issue: ProMISe) join this demo as they land"
+METHODS_PENDING = "all three are here: multi-prompt fine-tuning, PHPG + CBDP and ProMISe (SAM frozen)"
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,11 @@ class DemoPlan:
     @classmethod
     def for_mode(cls, fast: bool) -> DemoPlan:
         return cls(cases=8, train_steps=80, eval_every=20) if fast else cls(cases=16)
+
+    @property
+    def promise_steps(self) -> int:
+        """ProMISe's steps (8 slices each): 150 in the full demo, 50 with ``--fast``."""
+        return max(2, self.train_steps * 5 // 8)
 
 
 def _fine_tune(
@@ -62,6 +71,12 @@ def _fine_tune(
     if curve and prepared.case_ids(config.val_split):
         curve.insert(0, (0, validation_dice(loaded, prepared, cache, config.val_split)))
     prompts = "all objects of a slice at once" if config.prompting == "multi" else "one random object per slice"
+    if config.objective == "phpg":
+        prompts = (f"simulated users on all regions of a slice, {config.phpg_correction_rounds} correction + "
+                   f"{config.phpg_mask_only_rounds} mask-only rounds, error head on")
+    if (run_dir / "pruning.json").is_file():
+        pruning = json.loads((run_dir / "pruning.json").read_text())
+        prompts += f", CBDP: {pruning['iterations']} of {pruning['iterations_full_data']} full-data iterations"
     notes = f"decoder fine-tuned, {config.batch_size} slices/step, {prompts}; wall time of training"
     method = MethodResult(label, score_predictions(prepared, iter(predictions)), iterations=result.steps,
                           wall_s=result.wall_s, curve=curve, notes=notes)
@@ -72,6 +87,25 @@ def _fine_tune(
 
 
 
+
+
+def _promise_auto(run_dir: Path, config: PromiseConfig, loaded: LoadedModel, prepared, bars: BarFactory,
+                  label: str) -> MethodResult:
+    """Train ProMISe APM + IPS (resuming a finished or killed run with the same settings) and score it without
+    prompts: each object's row compares its class's automatic mask with the class's ground truth."""
+    saved = run_dir / CONFIG_FILE
+    if saved.is_file() and config_to_dict(load_config(PromiseConfig, saved)) != config_to_dict(config):
+        shutil.rmtree(run_dir)
+    config = prepare_run_folder(run_dir, config, resume=saved.is_file())
+    with bars(label, config.steps) as bar:
+        result = adapt(run_dir, config, on_step=lambda record: bar.update(1), loaded=loaded)
+    adapter = load_adapter(result.adapter, device=config.device)
+    auto = predict_automatic_split(adapter, loaded.sam, prepared, open_cache(prepared, loaded, with_features=True))
+    notes = (f"SAM frozen, no prompts: APM points + IPS shift, {result.trainable_parameters:,} trainable parameters, "
+             f"{config.batch_size} slices/step; scored against each class's mask; false positives on "
+             f"{100 * auto.false_positive_rate:.0f}% of the test slices' absent classes")
+    return MethodResult(label, score_predictions(prepared, iter(auto.predictions)), iterations=result.steps,
+                        wall_s=result.wall_s, notes=notes)
 
 
 def run_demo(
@@ -122,6 +156,14 @@ def run_demo(
                                          bars, f"{prompting}-prompt FT")
         methods.append(method)
         tuned_predictions.append(predictions)
+    phpg = FinetuneConfig(data=str(prepared.root), model=model, objective="phpg", pruning="class",
+                          steps=max(2, plan.train_steps // 2), eval_every=plan.eval_every,
+                          checkpoint_every=plan.eval_every, device=device, seed=plan.seed)
+    methods.append(_fine_tune(out / "runs" / "phpg-cbdp", phpg, loaded, prepared, cache, bars, "PHPG + CBDP FT")[0])
+    promise = PromiseConfig(data=str(prepared.root), model=model, steps=plan.promise_steps,
+                            eval_every=plan.promise_steps, checkpoint_every=plan.eval_every, device=device,
+                            seed=plan.seed)
+    methods.append(_promise_auto(out / "runs" / "promise", promise, loaded, prepared, bars, "ProMISe APM+IPS (auto)"))
     report_dir = out / "report"
     overlays = save_overlays(prepared, [zero_shot, tuned_predictions[-1]], report_dir / "overlays", classes)
     n_test = len(prepared.case_ids("test"))
@@ -133,7 +175,14 @@ def run_demo(
         f"Adaptation methods: {METHODS_PENDING}.",
         f"Fine-tuning: the mask decoder, {plan.train_steps} steps of 4 training slices each, boxes from the "
         "ground truth with MedSAM-style outward shifts; single-prompt prompts one random object per slice, "
-        "multi-prompt every object of the slice at once (the same steps, so it sees more objects).",
+        "multi-prompt every object of the slice at once (the same steps, so it sees more objects). PHPG + CBDP: "
+        f"half the full-data epochs ({max(2, plan.train_steps // 2)} steps' worth) of PHPG prompting (simulated "
+        "users' boxes and clicks plus correction rounds; docs/phpg.md) with class-balanced data pruning, scored "
+        "here with tight boxes like the rest (`samadapt eval --protocol interactive,robustness` for its own "
+        "strengths).",
+        f"ProMISe: SAM frozen, {plan.promise_steps} steps of 8 training slices of APM + IPS (docs/promise.md); its "
+        "rows are automatic (no prompt at all): each object's row scores the class's mask, so multi-instance "
+        "lesions are judged as one class mask (`samadapt eval --prompts auto` has the full protocol).",
         "Overlays: the slice, then the zero-shot and the multi-prompt prediction (filled) with the ground "
         "truth (outline).",
     ]

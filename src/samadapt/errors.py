@@ -34,3 +34,7 @@ class CacheError(SamadaptError):
 
 class ConfigError(SamadaptError):
     """A configuration value or command-line option is invalid."""
+
+
+class PromptError(SamadaptError):
+    """A prompt (box, points, mask, class) is malformed, of mismatched shape or lies outside its image."""

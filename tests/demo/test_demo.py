@@ -46,7 +46,8 @@ def demo_run(tmp_path_factory, micro_checkpoint) -> tuple[Path, Path]:
             return None
 
     summary = run_demo(out, model=str(micro_checkpoint), plan=PLAN, bars=lambda d, t: Bar(d))
-    assert stages == ["phantoms", "prepare", "embed", "zero-shot eval", "single-prompt FT", "multi-prompt FT"]
+    assert stages == ["phantoms", "prepare", "embed", "zero-shot eval", "single-prompt FT", "multi-prompt FT",
+                      "PHPG + CBDP FT", "ProMISe APM+IPS (auto)"]
     return out, summary
 
 
@@ -63,7 +64,8 @@ def test_report_has_tables_plots_and_overlays(demo_run):
         assert f"overlays/{overlay.name}" in text
     rows = list(csv.DictReader((report / "per_object.csv").open()))
     methods = {row["method"] for row in rows}
-    assert methods == {"zero-shot micro (box)", "box-fill baseline", "single-prompt FT", "multi-prompt FT"}
+    assert methods == {"zero-shot micro (box)", "box-fill baseline", "single-prompt FT", "multi-prompt FT",
+                       "PHPG + CBDP FT", "ProMISe APM+IPS (auto)"}
     # both methods scored the very same objects
     per_method = {m: sorted((r["case_id"], r["slice"], r["class"]) for r in rows if r["method"] == m) for m in methods}
     assert len(set(map(tuple, per_method.values()))) == 1
@@ -74,6 +76,12 @@ def test_report_has_tables_plots_and_overlays(demo_run):
     assert multi["iterations"] == 4 and [step for step, _ in multi["curve"]] == [0, 2, 4]
     assert multi["overall"]["dice"] != summary_json["zero-shot micro (box)"]["overall"]["dice"]
     assert (report / "dice_vs_iterations.png").stat().st_size > 1000
+    phpg = summary_json["PHPG + CBDP FT"]
+    assert phpg["iterations"] >= 1 and "CBDP" in phpg["notes"]
+    assert (out / "runs" / "phpg-cbdp" / "error_head.pth").is_file()
+    promise = summary_json["ProMISe APM+IPS (auto)"]
+    assert promise["iterations"] == PLAN.promise_steps and "SAM frozen" in promise["notes"]
+    assert (out / "runs" / "promise" / "adapter.pt").is_file() and not list((out / "runs" / "promise").glob("*.pth"))
 
 
 def test_rerun_reuses_data_cache_and_finished_runs(demo_run, micro_checkpoint):

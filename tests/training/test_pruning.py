@@ -101,3 +101,20 @@ def test_state_round_trip_mid_epoch_continues_identically():
 def test_unknown_policy_is_refused():
     with pytest.raises(ValueError, match="class"):
         PruningSettings("smart")
+
+
+def test_rare_classes_are_never_pruned_by_cbdp_but_are_by_random():
+    """A lesion class on 3 of 40 slices (7.5%, under the 10% rare share), always easy: CBDP keeps all of
+    its slices, random pruning of the same count does not protect it."""
+    planner = EpochPlanner(_slices([["A"]] * 37 + [["A", "lesion"]] * 3), PruningSettings("class", ratio=1.0,
+                           min_class_share=0.0), epochs=8, slices_per_step=4, seed=0)
+    for i in range(40):
+        planner.record(i, list(range(len(planner.slices[i].objects))), [0.1, 0.01] if i >= 37 else [0.1 + 0.01 * i])
+    assert planner.protected_classes() == {"lesion"}
+    plan = planner.plan_epoch(1)
+    assert plan.kept_per_class["lesion"] == 3 and len(plan.order) < 40
+    assert set(plan.weights.tolist()) == {1.0}  # ratio 1: nothing left to rescale
+    unprotected = EpochPlanner(planner.slices, PruningSettings("class", ratio=1.0, min_class_share=0.0,
+                               rare_class_share=0.0), epochs=8, slices_per_step=4, seed=0)
+    unprotected.load_state_dict(planner.state_dict())
+    assert unprotected.protected_classes() == set() and unprotected.plan_epoch(1).kept_per_class["lesion"] < 3

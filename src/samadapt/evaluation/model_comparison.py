@@ -49,6 +49,7 @@ from samadapt.evaluation.box_protocol import (
 )
 from samadapt.evaluation.metrics import mean_scores, per_class_mean
 from samadapt.evaluation.overlays import save_overlays
+from samadapt.evaluation.prompt_protocols import check_protocols, protocol_report, run_protocols, write_protocol_figures
 from samadapt.evaluation.report import MethodResult, per_case_table, summary_table, write_report
 from samadapt.evaluation.volume_scores import score_case_volumes
 from samadapt.io.atomic import atomic_dir, write_json_atomic
@@ -202,6 +203,7 @@ def evaluate_models(
     nsd_tolerance_mm: float = 2.0,
     overlay_count: int = 3,
     bars: BarFactory = no_bars,
+    protocols: Iterable[str] = ("box",),
 ) -> Path:
     """Evaluate ``models`` side by side with box prompts on ``split``; write the report folder ``out``.
 
@@ -218,6 +220,8 @@ def evaluate_models(
         nsd_tolerance_mm: boundary tolerance of NSD, 2D and 3D.
         overlay_count: how many slices (those with most objects) get an overlay image.
         bars: progress bar factory (see :data:`BarFactory`).
+        protocols: ``box`` (always run) plus ``interactive`` and/or ``robustness``
+            (:mod:`samadapt.evaluation.prompt_protocols`: their sections, CSVs, plot and JSON join the report).
 
     Returns:
         The path of ``out/summary.md``.
@@ -233,6 +237,7 @@ def evaluate_models(
     if not models:
         raise ConfigError("no model to evaluate; pass --model NAME_OR_CHECKPOINT (e.g. --model tiny)")
     levels = check_jitters(jitters, dataset.image_size)
+    chosen_protocols = check_protocols(protocols)
     base = levels[0]
     torch_device = resolve_device(device)
     slices = list(slices_with_objects(dataset, split))  # DatasetError for an unknown split
@@ -248,6 +253,7 @@ def evaluate_models(
     keep = {(c, s) for c, s, _ in sorted(slices, key=lambda x: (-len(x[2]), x[0], x[1]))[:overlay_count]}
 
     per_model: dict[str, dict[float, MethodScores]] = {}
+    extras: dict[str, dict] = {}  # the interactive / robustness protocols' results per model
     provenance = []
     for model, label in zip(models, labels, strict=True):
         loaded = load_sam(model, device=torch_device)
@@ -259,6 +265,8 @@ def evaluate_models(
                 predictions = predict_with_boxes(loaded.sam, dataset, cache, split, float(jitter), seed, bar.update)
                 per_model[label][jitter] = _score_stream(dataset, predictions, nsd_tolerance_mm,
                                                          keep if jitter == base else set())
+        extras[label] = run_protocols(chosen_protocols, loaded.sam, dataset, cache, split, seed, label, len(slices),
+                                      bars)
         provenance.append({"label": label, "model": model, "architecture": loaded.spec.name,
                            "checkpoint": str(loaded.checkpoint) if loaded.checkpoint else None})
         del loaded, cache
@@ -307,6 +315,8 @@ def evaluate_models(
     ]
     if fill.volume_rows:
         sections += ["3D (per case and class):", "", _jitter_table(per_model, levels, volume=True), ""]
+    extra_sections, extra_tables, extra_summaries = protocol_report(extras)
+    sections += extra_sections
 
     source_name = dataset.manifest.get("source", {}).get("name", dataset.root.name)
     context = [
@@ -329,12 +339,15 @@ def evaluate_models(
                     for label in labels},
         "box_fill": {"2d": _summary(fill.rows), "3d": _summary(fill.volume_rows)},
         "jitter_sensitivity": sensitivity,
+        "protocols": {"run": list(chosen_protocols), **extra_summaries},
     }
     with atomic_dir(out) as tmp:
         columns = [per_model[label][base].kept for label in labels]
         overlays = save_overlays(dataset, columns, tmp / "overlays", classes, overlay_count)
+        write_protocol_figures(tmp, extras)
         write_report(tmp, f"samadapt eval: box prompts on the {split} split", methods, context, overlays,
-                     sections=sections, tables={"volume_scores": volume_rows, "jitter_sensitivity": sensitivity},
+                     sections=sections, tables={"volume_scores": volume_rows, "jitter_sensitivity": sensitivity,
+                                                       **extra_tables},
                      per_object=per_object)
         write_json_atomic(tmp / REPORT_MARKER, evaluation)
     return out / "summary.md"

@@ -1,1 +1,12 @@
-"""Inference: decode prompts on cached embeddings; later the Segmenter, volumes and propagation."""
+"""Inference: embed once, decode many prompts.
+
+- :mod:`~samadapt.inference.decode`: one decoder pass for N prompts on one embedding.
+- :mod:`~samadapt.inference.segmenter`: :class:`~samadapt.inference.segmenter.Segmenter` (``set_image`` /
+  ``set_volume``, ``predict``, ``predict_auto``) over models of the registry, ``.pth`` files and run folders.
+- :mod:`~samadapt.inference.volume_slices`, :mod:`~samadapt.inference.volume_prompts`,
+  :mod:`~samadapt.inference.propagation`, :mod:`~samadapt.inference.volume_segmentation`: volumes windowed
+  and oriented as ``samadapt prepare`` does, 3D prompts, key-slice propagation, label volumes.
+- :mod:`~samadapt.inference.prompt_file`, :mod:`~samadapt.inference.segment_cases`: ``samadapt segment``.
+
+See ``docs/inference.md``.
+"""

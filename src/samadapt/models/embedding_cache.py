@@ -9,6 +9,8 @@ Layout of a cache folder (by default ``<prepared.root>/embeddings/<signature[:16
     <case_id>.npy                (S, C, g, g) float16 image embeddings (neck output)
     <case_id>.features.npy       (S, 3, D, g, g) float16 encoder block outputs (only with features)
     <case_id>.npy.partial        the same while a case is being computed (and its .features twin)
+    cache.rank<r>.json           per-case progress of rank r while a torchrun job runs (folded into
+                                 cache.json by rank 0; see :mod:`samadapt.models.cache_shards`)
 
 ``S`` is the case's number of slices, ``C = spec.prompt_embed_dim``, ``g = spec.embedding_size`` and
 ``D = spec.encoder_embed_dim``. Features are the outputs of the encoder blocks
@@ -41,9 +43,11 @@ import torch
 
 from samadapt.errors import CacheError, ConfigError, DatasetError
 from samadapt.io.atomic import write_json_atomic
+from samadapt.models.cache_shards import assign_cases, fold_shard_progress, shard_progress_path
 from samadapt.models.preprocess import to_model_input
 from samadapt.models.registry import ModelSpec
 from samadapt.models.sam import LoadedModel
+from samadapt.training.distributed import Ranks
 
 CACHE_FORMAT = 1
 CACHE_FILE = "cache.json"
@@ -313,6 +317,93 @@ def _check_prepared(prepared: PreparedLike, spec: ModelSpec) -> None:
         )
 
 
+def _cache_info(root: Path, signature: str, prepared: PreparedLike, loaded: LoadedModel, with_features: bool) -> dict:
+    """The folder's ``cache.json`` contents (verified against ``signature``), or a fresh description."""
+    info_path = root / CACHE_FILE
+    if info_path.is_file():
+        info = EmbeddingCache(root).info
+        if info["signature"] != signature:
+            raise CacheError(
+                f"{root}: holds embeddings computed with another model or data (or --features setting); "
+                "delete the folder or choose another output folder"
+            )
+        return info
+    spec = loaded.spec
+    return {
+        "format": CACHE_FORMAT, "signature": signature, "model": spec.name,
+        "checkpoint": str(loaded.checkpoint) if loaded.checkpoint else None,
+        "architecture": spec.architecture(), "prepared_root": str(prepared.root),
+        "prepared_hash": prepared.hash, "dtype": np.dtype(STORE_DTYPE).name,
+        "with_features": with_features,
+        "embedding_shape": list(embedding_shape(spec)),
+        "feature_shape": list(feature_shape(spec)) if with_features else None,
+        "feature_blocks": list(spec.feature_block_indexes) if with_features else None,
+        "bytes_per_slice": bytes_per_slice(spec, with_features), "cases": {},
+    }
+
+
+def _case_is_finished(root: Path, case_id: str, state: dict, with_features: bool) -> bool:
+    emb_final, feat_final = _final_paths(root, case_id)
+    return bool(state.get("complete")) and emb_final.is_file() and (feat_final.is_file() or not with_features)
+
+
+def _embed_case(
+    prepared: PreparedLike,
+    loaded: LoadedModel,
+    root: Path,
+    case_id: str,
+    state: dict,
+    batch_size: int,
+    with_features: bool,
+    device: torch.device,
+    save: Callable[[], None],
+    report: Callable[[], None],
+) -> None:
+    """Embed one case into ``<case_id>.npy`` (and its features twin), continuing after ``state["done_slices"]``.
+
+    ``state`` (the case's progress record) is updated in place; ``save()`` (which writes it) is called after
+    every batch and once the case's files carry their final names, ``report()`` after every batch.
+    """
+    spec = loaded.spec
+    emb_final, feat_final = _final_paths(root, case_id)
+    images = prepared.images(case_id)
+    S = int(images.shape[0])
+    emb_part = emb_final.with_name(emb_final.name + ".partial")
+    feat_part = feat_final.with_name(feat_final.name + ".partial")
+    start = int(state.get("done_slices", 0)) if not state.get("complete") else 0
+    resume = start > 0 and emb_part.is_file() and (feat_part.is_file() or not with_features)
+    start = start if resume else 0
+    if images.shape[1:3] != (spec.image_size, spec.image_size):
+        raise DatasetError(
+            f"{Path(prepared.root) / 'cases' / case_id}: slices are {tuple(images.shape[1:3])}, not the "
+            f"manifest's {spec.image_size} px; rerun `samadapt prepare`"
+        )
+    emb_mm = _open_partial(emb_part, (S, *embedding_shape(spec)), resume)
+    feat_mm = _open_partial(feat_part, (S, *feature_shape(spec)), resume) if with_features else None
+    state.clear()
+    state.update({"n_slices": S, "done_slices": start, "complete": False})
+    valid_hw = prepared.meta(case_id).get("valid_hw")
+    valid = None if valid_hw is None else np.asarray(valid_hw, dtype=np.int64)
+    for lo in range(start, S, batch_size):
+        hi = min(lo + batch_size, S)
+        hw = valid[lo:hi] if valid is not None and valid.ndim == 2 else valid
+        emb, feats = encode_slices(loaded, np.array(images[lo:hi]), hw, with_features, device)
+        emb_mm[lo:hi] = emb
+        emb_mm.flush()
+        if feat_mm is not None:
+            feat_mm[lo:hi] = feats
+            feat_mm.flush()
+        state["done_slices"] = hi
+        save()
+        report()
+    del emb_mm, feat_mm
+    if with_features:
+        os.replace(feat_part, feat_final)
+    os.replace(emb_part, emb_final)
+    state["complete"] = True
+    save()
+
+
 def compute_embeddings(
     prepared: PreparedLike,
     loaded: LoadedModel,
@@ -321,6 +412,7 @@ def compute_embeddings(
     with_features: bool = False,
     device: str | torch.device = "cpu",
     progress: Progress | None = None,
+    ranks: Ranks | None = None,
 ) -> EmbeddingCache:
     """Embed every slice of a prepared dataset with the frozen image encoder, resuming any earlier run.
 
@@ -333,106 +425,91 @@ def compute_embeddings(
             then only fp16-close to an uninterrupted run.
         with_features: also store the multi-level block outputs (``(S, 3, D, g, g)`` per case).
         device: where the encoder runs (``"cpu"``, ``"cuda"``, ...).
-        progress: ``progress(done_slices, total_slices)``, called at the start and after every batch.
+        progress: ``progress(done_slices, total_slices)`` over the slices of the cases this rank owns (all
+            of them in one process), called at the start and after every batch.
+        ranks: the ``torchrun`` job this call is part of (:func:`samadapt.training.distributed.current`);
+            every rank must call it alike. Cases are split over the ranks and merged into one cache, the
+            same bytes as one process (see :mod:`samadapt.models.cache_shards`). Default: one process.
 
     Returns:
-        The finished :class:`EmbeddingCache`.
+        The finished :class:`EmbeddingCache` (on every rank).
 
     Raises:
         CacheError: ``out`` holds a cache computed with another model, data or features flag.
         ConfigError: the dataset was prepared at another image size than the model's.
     """
+    ranks = ranks or Ranks()
     if batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
     device = resolve_device(device)
-    spec = loaded.spec
-    _check_prepared(prepared, spec)
+    _check_prepared(prepared, loaded.spec)
     signature = cache_signature(loaded, prepared.hash, with_features)
     root = Path(out) if out is not None else default_cache_dir(prepared, signature)
-    case_ids = prepared.case_ids()
-    n_slices = {cid: int(prepared.images(cid).shape[0]) for cid in case_ids}
-
     info_path = root / CACHE_FILE
-    if info_path.is_file():
-        info = EmbeddingCache(root).info
-        if info["signature"] != signature:
-            raise CacheError(
-                f"{root}: holds embeddings computed with another model or data (or --features setting); "
-                "delete the folder or choose another output folder"
-            )
-    else:
-        root.mkdir(parents=True, exist_ok=True)
-        info = {
-            "format": CACHE_FORMAT, "signature": signature, "model": spec.name,
-            "checkpoint": str(loaded.checkpoint) if loaded.checkpoint else None,
-            "architecture": spec.architecture(), "prepared_root": str(prepared.root),
-            "prepared_hash": prepared.hash, "dtype": np.dtype(STORE_DTYPE).name,
-            "with_features": with_features,
-            "embedding_shape": list(embedding_shape(spec)),
-            "feature_shape": list(feature_shape(spec)) if with_features else None,
-            "feature_blocks": list(spec.feature_block_indexes) if with_features else None,
-            "bytes_per_slice": bytes_per_slice(spec, with_features), "cases": {},
-        }
-    cases: dict[str, dict] = info["cases"]
-    total = sum(n_slices.values())
+    case_ids = prepared.case_ids()
 
-    def done_slices() -> int:
-        return sum(
-            n_slices[c] if cases.get(c, {}).get("complete") else int(cases.get(c, {}).get("done_slices", 0))
-            for c in case_ids
-        )
+    info, error = None, None
+    if ranks.is_main:  # the one reader-writer of cache.json; it folds what an earlier job's ranks left
+        try:
+            info = _cache_info(root, signature, prepared, loaded, with_features)
+            root.mkdir(parents=True, exist_ok=True)
+            folded = fold_shard_progress(root, info, case_ids)
+            if folded:
+                write_json_atomic(info_path, info)
+                for path in folded:
+                    path.unlink(missing_ok=True)
+        except Exception as err:  # every rank must hear of it, or the others wait forever
+            error = err
+    ranks.raise_together(error)
+    info = ranks.broadcast(info)
+    cases: dict[str, dict] = info["cases"]
+    n_slices = {cid: int(prepared.images(cid).shape[0]) for cid in case_ids}
+    if ranks.world == 1:  # one process: progress lives in cache.json itself
+        record, record_path = info, info_path
+    else:
+        record, record_path = {"signature": signature, "rank": ranks.rank, "cases": {}}, shard_progress_path(
+            root, ranks.rank)
+
+    def remaining(cid: str) -> int:
+        state = record["cases"].get(cid) or cases.get(cid, {})  # this rank's own progress first
+        if _case_is_finished(root, cid, state, with_features):
+            return 0
+        return n_slices[cid] - (0 if state.get("complete") else int(state.get("done_slices", 0)))
+
+    owned = assign_cases({cid: remaining(cid) for cid in case_ids}, ranks.world)[ranks.rank]
+    total = sum(n_slices[cid] for cid in owned)
+
+    def report() -> None:
+        if progress is not None:
+            progress(sum(n_slices[c] - remaining(c) for c in owned), total)
+
+    def save() -> None:
+        write_json_atomic(record_path, record)
 
     encoder = loaded.sam.image_encoder
     home = next(encoder.parameters()).device
     encoder.to(device)
+    error = None
     try:
-        if progress is not None:
-            progress(done_slices(), total)
-        for cid in case_ids:
-            emb_final, feat_final = _final_paths(root, cid)
-            state = cases.get(cid, {})
-            if state.get("complete") and emb_final.is_file() and (feat_final.is_file() or not with_features):
+        report()
+        for cid in owned:
+            if remaining(cid) == 0:
                 continue
-            S = n_slices[cid]
-            emb_part = emb_final.with_name(emb_final.name + ".partial")
-            feat_part = feat_final.with_name(feat_final.name + ".partial")
-            start = int(state.get("done_slices", 0)) if not state.get("complete") else 0
-            resume = start > 0 and emb_part.is_file() and (feat_part.is_file() or not with_features)
-            start = start if resume else 0
-            images = prepared.images(cid)
-            if images.shape[1:3] != (spec.image_size, spec.image_size):
-                raise DatasetError(
-                    f"{Path(prepared.root) / 'cases' / cid}: slices are {tuple(images.shape[1:3])}, not the "
-                    f"manifest's {spec.image_size} px; rerun `samadapt prepare`"
-                )
-            emb_mm = _open_partial(emb_part, (S, *embedding_shape(spec)), resume)
-            feat_mm = _open_partial(feat_part, (S, *feature_shape(spec)), resume) if with_features else None
-            cases[cid] = {"n_slices": S, "done_slices": start, "complete": False}
-            valid_hw = prepared.meta(cid).get("valid_hw")
-            valid = None if valid_hw is None else np.asarray(valid_hw, dtype=np.int64)
-            for lo in range(start, S, batch_size):
-                hi = min(lo + batch_size, S)
-                hw = valid[lo:hi] if valid is not None and valid.ndim == 2 else valid
-                emb, feats = encode_slices(loaded, np.array(images[lo:hi]), hw, with_features, device)
-                emb_mm[lo:hi] = emb
-                emb_mm.flush()
-                if feat_mm is not None:
-                    feat_mm[lo:hi] = feats
-                    feat_mm.flush()
-                cases[cid]["done_slices"] = hi
-                write_json_atomic(info_path, info)
-                if progress is not None:
-                    progress(done_slices(), total)
-            del emb_mm, feat_mm
-            if with_features:
-                os.replace(feat_part, feat_final)
-            os.replace(emb_part, emb_final)
-            cases[cid]["complete"] = True
-            write_json_atomic(info_path, info)
+            state = dict(cases.get(cid, {}))
+            record["cases"][cid] = state
+            _embed_case(prepared, loaded, root, cid, state, batch_size, with_features, device, save, report)
+    except Exception as err:
+        error = err
     finally:
         encoder.to(home)
-    if not info_path.is_file():  # a dataset without cases still leaves a valid (empty) cache
+    ranks.raise_together(error)
+    if ranks.is_main and (ranks.world > 1 or not info_path.is_file()):
+        # merge the ranks' progress (or leave a valid empty cache for a dataset without cases)
+        folded = fold_shard_progress(root, info, case_ids)
         write_json_atomic(info_path, info)
+        for path in folded:
+            path.unlink(missing_ok=True)
+    ranks.barrier()
     return EmbeddingCache(root)
 
 

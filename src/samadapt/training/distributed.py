@@ -1,7 +1,8 @@
 """Data-parallel training on ``torch.distributed`` (launched by ``torchrun``), and the single-process default.
 
 ``torchrun --nproc_per_node N -m samadapt train PREPARED --out RUN`` starts N processes; each one calls
-:func:`setup` (gloo on CPU, NCCL on CUDA, one GPU per local rank). A step's micro-batch of
+:func:`setup` (gloo on CPU; on CUDA NCCL for CUDA tensors and gloo for CPU tensors and objects, one GPU
+per local rank). A step's micro-batch of
 ``batch_size`` slices is split across the ranks (:meth:`Ranks.shard`); each rank divides its loss by the
 *global* batch size and the engine sums the gradients over the ranks (:meth:`Ranks.sum_gradients`), so a
 step computes the same gradient as one process with the whole micro-batch. Rank 0 alone writes
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from samadapt.errors import SamadaptError
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,28 @@ class Ranks:
         dist.all_gather_object(out, obj)
         return out
 
+    def raise_together(self, error: BaseException | None) -> None:
+        """Raise on every rank when any rank failed (pass ``None`` when this one did not), so no rank waits
+        forever at a later collective for one that is gone. Also a barrier.
+
+        A failing rank re-raises its own ``error``; the others raise the lowest failing rank's error (a
+        :class:`~samadapt.errors.SamadaptError` as it is, anything else as a ``RuntimeError`` naming it).
+        """
+        if self.world == 1:
+            if error is not None:
+                raise error
+            return
+        portable = error if error is None or isinstance(error, SamadaptError) else RuntimeError(
+            f"{type(error).__name__}: {error}")
+        errors = self.gather(portable)
+        if error is not None:
+            raise error
+        for rank, other in enumerate(errors):
+            if other is not None:
+                if isinstance(other, SamadaptError):
+                    raise other
+                raise RuntimeError(f"rank {rank} of {self.world} failed: {other}")
+
     def broadcast(self, obj: object) -> object:
         """Rank 0's ``obj`` on every rank."""
         if self.world == 1:
@@ -87,9 +112,13 @@ def setup(device: str) -> tuple[Ranks, str]:
     Under ``torchrun`` (``WORLD_SIZE`` > 1) a ``cuda`` device becomes ``cuda:<LOCAL_RANK>``.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    use_nccl = device.startswith("cuda") and torch.cuda.is_available()
+    if world > 1 and use_nccl:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # NCCL's tensors stay on this rank's GPU
     if world > 1 and not dist.is_initialized():
-        backend = "nccl" if device.startswith("cuda") and torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
+        # NCCL carries CUDA tensors (gradients); gloo the CPU ones (step statistics) and the pickled objects
+        # (generator states, CBDP scores, errors): NCCL alone cannot reduce a CPU tensor
+        dist.init_process_group(backend="cpu:gloo,cuda:nccl" if use_nccl else "gloo")
     if world > 1 and device.startswith("cuda"):
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     return current(), device

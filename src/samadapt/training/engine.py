@@ -32,6 +32,7 @@ from typing import Protocol
 
 import torch
 
+from samadapt.errors import ConfigError
 from samadapt.io.atomic import atomic_path
 from samadapt.training.distributed import current
 
@@ -174,6 +175,9 @@ def run_training(
     state_path, metrics_path = run_dir / STATE_FILE, run_dir / METRICS_FILE
     if state_path.is_file():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
+        if len(state["generators"]) != ranks.world:  # each rank continues its own prompt-noise stream
+            raise ConfigError(f"{state_path}: the run was checkpointed with {len(state['generators'])} process(es); "
+                              f"resume it with as many (torchrun --nproc_per_node ...), not {ranks.world}")
         with torch.no_grad():
             for name, param in named_parameters.items():
                 param.copy_(state["parameters"][name])

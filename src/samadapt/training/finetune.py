@@ -15,6 +15,7 @@ from collections.abc import Callable
 from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -32,6 +33,7 @@ from samadapt.models.embedding_cache import (
     open_cache,
     resolve_device,
 )
+from samadapt.models.error_head import ERROR_HEAD_FILE, save_error_head
 from samadapt.models.lora import LoRALinear, add_lora, merge_lora
 from samadapt.models.preprocess import to_model_input
 from samadapt.models.sam import LoadedModel, load_sam, save_sam
@@ -39,10 +41,12 @@ from samadapt.prompts.box_noise import BoxNoise
 from samadapt.training.distributed import setup
 from samadapt.training.engine import EngineSettings, run_training
 from samadapt.training.multi_prompt import MultiPromptObjective
+from samadapt.training.phpg import PHPGObjective, phpg_objective_from_config
 from samadapt.training.pruning import EpochPlanner, PruningSettings
 from samadapt.training.slice_data import SliceOrder, load_slice, training_slices
 
 CONFIG_FILE = "config.yaml"
+RunConfig = TypeVar("RunConfig")
 
 
 @dataclass
@@ -58,12 +62,15 @@ class FinetuneResult:
     wall_s: float = 0.0
 
 
-def objective_from_config(config: FinetuneConfig) -> MultiPromptObjective:
-    """The multi-prompt (or single-prompt) objective a config describes."""
+def objective_from_config(config: FinetuneConfig, embed_dim: int = 256) -> MultiPromptObjective | PHPGObjective:
+    """The objective a config describes: multi-prompt (or single-prompt) boxes, or PHPG (whose error head is
+    built for embeddings of ``embed_dim`` channels)."""
+    if config.objective == "phpg":
+        return phpg_objective_from_config(config, embed_dim)
     noise = BoxNoise(config.box_noise, config.organ_box_shift_px, config.lesion_box_shift_px,
                      config.box_shift_max_fraction, config.sam_noise_std)
     return MultiPromptObjective(config.prompting, config.max_prompts_per_slice, noise, config.loss,
-                                config.iou_weight, config.prompt_reduction)
+                                config.iou_weight, config.prompt_reduction, config.loss_size)
 
 
 def planner_from_config(config: FinetuneConfig, train: list) -> EpochPlanner | None:
@@ -74,7 +81,8 @@ def planner_from_config(config: FinetuneConfig, train: list) -> EpochPlanner | N
     per_step = config.batch_size * config.grad_accum
     epochs = max(1, round(config.steps * per_step / len(train)))
     settings = PruningSettings(config.pruning, config.prune_ratio, config.prune_anneal_fraction,
-                               config.prune_min_class_share, tuple(config.prune_protected_classes or ()))
+                               config.prune_min_class_share, tuple(config.prune_protected_classes or ()),
+                               config.prune_rare_class_share)
     return EpochPlanner(train, settings, epochs, per_step, config.seed)
 
 
@@ -144,17 +152,18 @@ def encode_with_grad(
     return loaded.sam.image_encoder(to_model_input(images, loaded.spec, valid_hw).to(device))
 
 
-def prepare_run_folder(run_dir: Path, config: FinetuneConfig, resume: bool) -> FinetuneConfig:
+def prepare_run_folder(run_dir: Path, config: RunConfig, resume: bool) -> RunConfig:
     """Check the run folder against ``resume`` and save the config; returns the config to run with.
 
     A new run needs an empty (or absent) folder. ``resume`` continues the folder's run with its saved
-    config; settings given again must agree with it.
+    config (read back as the class of ``config``: any run's config dataclass, e.g. ``PromiseConfig``);
+    settings given again must agree with it.
     """
     saved = run_dir / CONFIG_FILE
     if resume:
         if not saved.is_file():
             raise ConfigError(f"{run_dir}: nothing to resume (no {CONFIG_FILE}); start the run without --resume")
-        return load_config(FinetuneConfig, saved)
+        return load_config(type(config), saved)
     if run_dir.exists() and any(run_dir.iterdir()):
         raise ConfigError(f"{run_dir}: folder is not empty; pass --resume to continue its run, or use a new folder")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -184,15 +193,18 @@ def finetune(
     if lora:  # the encoder changes every step: encode on the fly instead of reading a cache
         cache = LiveEmbeddings(prepared, loaded, device=device)
     else:
-        if ranks.is_main:  # one writer; the other ranks open the finished cache
-            compute_embeddings(prepared, loaded, device=device, progress=embed_progress)
-        ranks.barrier()
+        # the ranks split the cases of a missing cache and merge it (samadapt.models.cache_shards)
+        compute_embeddings(prepared, loaded, device=device, progress=embed_progress if ranks.is_main else None,
+                           ranks=ranks)
         cache = open_cache(prepared, loaded)
     train = training_slices(prepared, "train")
     has_val = bool(prepared.case_ids(config.val_split))
     order = SliceOrder(len(train), config.batch_size, config.grad_accum, config.seed)
     planner = planner_from_config(config, train)
-    objective = objective_from_config(config)
+    objective = objective_from_config(config, loaded.spec.prompt_embed_dim)
+    error_head = getattr(objective, "error_head", None)  # PHPG's: trains with the decoder, saved beside it
+    if error_head is not None:
+        named.update({f"error_head.{n}": p for n, p in error_head.to(device).named_parameters()})
 
     def batch(step: int, micro: int) -> tuple[list[int], list[float]]:
         if planner is None:
@@ -238,7 +250,8 @@ def finetune(
 
     def info(step: int, val: float | None) -> dict:
         lora_note = f", encoder LoRA rank {config.lora_rank} merged" if lora else ""
-        return {"description": f"SAM fine-tuned by samadapt train ({config.prompting}-prompt boxes{lora_note})",
+        prompts = "PHPG simulated users" if config.objective == "phpg" else f"{config.prompting}-prompt boxes"
+        return {"description": f"SAM fine-tuned by samadapt train ({prompts}{lora_note})",
                 "base_model": config.model, "base_checkpoint": str(loaded.checkpoint or ""),
                 "data": {"prepared": str(prepared.root), "hash": prepared.hash, "classes": prepared.class_names},
                 "training": {"config": config_to_dict(config), "steps": step, "val_dice": val}}
@@ -269,6 +282,9 @@ def finetune(
     model_path = run_dir / "model.pth"
     if ranks.is_main and (result.steps_run or not model_path.is_file()):  # a finished run's model stays
         save_sam(plain_copy(loaded), loaded.spec, model_path, info(result.steps, final_val))
+        if error_head is not None:
+            save_error_head(error_head, run_dir / ERROR_HEAD_FILE,
+                            {"model": model_path.name, **info(result.steps, final_val)})
     return FinetuneResult(model_path, best_path if best_path.is_file() else None, result.steps,
                           result.best_score if has_val else None, result.best_step if has_val else None,
                           result.curve, result.wall_s)

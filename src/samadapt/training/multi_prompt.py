@@ -3,9 +3,10 @@
 For one slice with N objects (organs and lesions), the N perturbed ground-truth boxes go through SAM's
 prompt encoder and mask decoder together on the slice's single image embedding (SAM's batched prompts),
 giving one mask per box. The ``single`` baseline draws one random object per slice instead. Loss per
-prompt: Dice + BCE (or Dice + focal) on the masks upsampled to the model-input frame, plus MSE between the
-IoU head and the actual IoU; the prompts of a slice are reduced by their mean or by their maximum (the
-paper's choice: back-propagate the worst-served object).
+prompt: Dice + BCE (or Dice + focal) on the masks upsampled to ``loss_size`` pixels (None: the model-input
+frame) against the ground truth area-downsampled to that size (soft targets), plus MSE between the IoU head
+and the actual IoU; the prompts of a slice are reduced by their mean or by their maximum (the paper's choice:
+back-propagate the worst-served object).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from segment_anything.modeling import Sam
 
 from samadapt.inference.decode import decode, upscale_logits
@@ -33,6 +35,7 @@ class MultiPromptObjective:
     loss: str = "dice+bce"
     iou_weight: float = 1.0
     prompt_reduction: str = "mean"
+    loss_size: int | None = None
 
     def choose_objects(self, n_objects: int, generator: torch.Generator) -> torch.Tensor:
         """Indices of the objects prompted this time: all (capped at a random subset), or one at random."""
@@ -43,10 +46,22 @@ class MultiPromptObjective:
         return torch.randperm(n_objects, generator=generator)[: self.max_prompts_per_slice].sort().values
 
     def per_prompt_loss(self, logits: torch.Tensor, iou_pred: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """``N`` losses from logits ``NxSxS`` (model frame), IoU predictions ``Nx1`` and masks ``NxSxS``."""
+        """``N`` losses from logits ``NxLxL``, IoU predictions ``Nx1`` and targets ``NxLxL`` (bool, or soft in
+        [0, 1]; the IoU head is scored against the targets thresholded at 0.5)."""
         pixel = focal_loss(logits, masks) if self.loss == "dice+focal" else bce_loss(logits, masks)
-        iou_term = iou_head_loss(iou_pred[:, 0], logits, masks)
+        iou_term = iou_head_loss(iou_pred[:, 0], logits, masks >= 0.5)
         return dice_loss(logits, masks) + pixel + self.iou_weight * iou_term
+
+    def loss_frame(
+        self, low_res: torch.Tensor, masks: torch.Tensor, image_size: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``NxLxL`` upsampled from low-res ``Nx4gx4g`` and targets ``NxLxL`` at ``L = loss_size``:
+        the masks ``NxSxS`` themselves at the model-input size, else their area average (soft)."""
+        size = min(self.loss_size or image_size, image_size)
+        logits = upscale_logits(low_res, size).float()
+        if size == image_size:
+            return logits, masks
+        return logits, F.adaptive_avg_pool2d(masks[:, None].float(), size)[:, 0]
 
     def slice_losses(
         self, sam: Sam, sample: SliceSample, generator: torch.Generator
@@ -62,9 +77,9 @@ class MultiPromptObjective:
         masks = masks.to(device)
         prompt_s = time.perf_counter() - t0
         low_res, iou_pred = decode(sam, sample.embedding.to(device), boxes=boxes.to(device))
-        logits = upscale_logits(low_res[:, 0], image_size).float()
-        losses = self.per_prompt_loss(logits, iou_pred.float(), masks)
-        iou = float(mask_iou(logits.detach(), masks).mean())
+        logits, targets = self.loss_frame(low_res[:, 0], masks, image_size)
+        losses = self.per_prompt_loss(logits, iou_pred.float(), targets)
+        iou = float(mask_iou(logits.detach(), targets >= 0.5).mean())
         return losses, chosen, {"prompts": float(len(chosen)), "train_iou": iou, "prompt_s": prompt_s}
 
     def reduce(self, losses: torch.Tensor) -> torch.Tensor:

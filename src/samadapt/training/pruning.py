@@ -14,7 +14,8 @@ objects.
   slices, drawn at random, sits the epoch out; the kept well-learned ones get their loss scaled by
   ``1 / (1 - ratio)`` so the expected gradient is unchanged (InfoBatch). Class balance: no class loses more
   than ``1 - min_class_share`` of its slices in an epoch (pruned slices holding a class over its quota are
-  restored), and classes in ``protected_classes`` are never pruned.
+  restored), and slices holding a *rare* class (present in fewer than ``rare_class_share`` of the
+  training slices: lesions, small organs) or a class of ``protected_classes`` are never pruned.
 - ``global`` (InfoBatch): the same with one threshold, the mean raw loss over all slices, no class balance.
 - ``random``: as many slices as ``class`` would prune, drawn uniformly, no rescaling.
 
@@ -49,6 +50,7 @@ class PruningSettings:
     anneal_fraction: float = 0.125
     min_class_share: float = 0.5
     protected_classes: tuple[str, ...] = ()
+    rare_class_share: float = 0.1
 
     def __post_init__(self) -> None:
         if self.policy not in PRUNING_POLICIES:
@@ -102,10 +104,20 @@ class EpochPlanner:
             for names, values, ok in zip(self.classes, self.scores, scored, strict=True)])
         return scored, scored & (relative < 1.0)
 
+    def protected_classes(self) -> set[str]:
+        """Classes whose slices are never pruned: the configured ones and the rare ones (see module doc)."""
+        counts: dict[str, int] = {}
+        for names in self.classes:
+            for name in set(names):
+                counts[name] = counts.get(name, 0) + 1
+        rare = {name for name, n in counts.items() if n < self.settings.rare_class_share * len(self.classes)}
+        return set(self.settings.protected_classes) | rare
+
     def _protect(self, pruned: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Restore pruned slices until every class keeps ``min_class_share`` of its slices."""
+        """Restore pruned slices of protected classes, then until every class keeps ``min_class_share`` of
+        its slices."""
         pruned = pruned.copy()
-        protected = set(self.settings.protected_classes)
+        protected = self.protected_classes()
         for index in np.flatnonzero(pruned):
             if protected & set(self.classes[index]):
                 pruned[index] = False
@@ -134,12 +146,18 @@ class EpochPlanner:
                 pruned[drawn] = True
                 if self.settings.policy == "class":
                     pruned = self._protect(pruned, rng)
-                weights[well & ~pruned] = 1.0 / (1.0 - self.settings.ratio)
+                weights[well & ~pruned] = self.kept_easy_weight()
         order = rng.permutation(np.flatnonzero(~pruned))
         names = sorted({c for cs in self.classes for c in cs})
         total = {c: sum(c in cs for cs in self.classes) for c in names}
         kept = {c: sum(c in self.classes[i] for i in order) for c in names}
         return EpochPlan(epoch, order, weights[order], kept, total)
+
+    def kept_easy_weight(self) -> float:
+        """Loss weight of a well-learned slice that stays in its epoch: ``1 / (1 - ratio)`` (InfoBatch's
+        unbiased rescaling); 1 at ``ratio`` 1, where the only ones left are those class balance restored."""
+        ratio = self.settings.ratio
+        return 1.0 / (1.0 - ratio) if ratio < 1 else 1.0
 
     def annealed_epochs(self) -> int:
         """How many final epochs see all data: ``anneal_fraction`` of them, at least one if it is > 0."""

@@ -1,0 +1,233 @@
+"""Interactive protocol: Dice after k clicks and the number of clicks (NoC) to reach an IoU, per class.
+
+The simulated user is RITM's (:class:`~samadapt.prompts.corrections.LargestErrorClick`): the first click
+goes to the interior of the object (the largest error of an empty mask), every next one to the interior of
+the largest error region of the current mask, positive in a miss, negative in a spill. All objects of a slice
+are refined together, one decoder pass per click on the slice's cached embedding; each pass gets every click
+so far plus the previous low-res logits as mask prompt. The first, single click is SAM's ambiguous case
+and takes the best of the three multimask outputs by predicted IoU; later passes the single-mask output.
+Masks are thresholded at logit 0, cut to the unpadded frame, and scored in the model frame.
+
+- ``dice_k``: Dice after ``k`` clicks, ``k = 1..dice_clicks`` (10).
+- ``noc_85`` / ``noc_90``: the first ``k`` whose IoU reaches 0.85 / 0.90; objects that never do within
+  ``max_clicks`` (20) count ``max_clicks`` (RITM's convention), and ``fail_85`` / ``fail_90`` give their share.
+
+A slice stops early once every object has had ``dice_clicks`` clicks and reached the highest threshold
+(later clicks change no reported number).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from segment_anything.modeling import Sam
+
+from samadapt.data.prepared import PreparedDataset
+from samadapt.evaluation.figures import pyplot, save_figure
+from samadapt.evaluation.protocol_slices import ProtocolSlice, object_row, protocol_slices
+from samadapt.inference.decode import upscale_logits
+from samadapt.inference.region_decode import decode_regions, pick_outputs
+from samadapt.models.embedding_cache import EmbeddingCache
+from samadapt.prompts.corrections import LargestErrorClick, previous_logits_prompt
+from samadapt.prompts.region_prompts import RegionPrompts
+
+
+@dataclass(frozen=True)
+class InteractiveSettings:
+    """``dice_clicks``: Dice reported after 1..this many clicks; ``max_clicks``: the NoC cap;
+    ``thresholds``: IoU levels of the NoC columns."""
+
+    dice_clicks: int = 10
+    max_clicks: int = 20
+    thresholds: tuple[float, ...] = (0.85, 0.90)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.dice_clicks <= self.max_clicks:
+            raise ValueError(f"dice_clicks={self.dice_clicks}, max_clicks={self.max_clicks}: use 1 <= dice <= max")
+        if not self.thresholds or not all(0 < t <= 1 for t in self.thresholds):
+            raise ValueError(f"thresholds={self.thresholds}: give IoU levels in (0, 1]")
+
+
+def overlap_scores(prediction: torch.Tensor, truth: torch.Tensor) -> dict[str, np.ndarray]:
+    """Dice and IoU of ``NxHxW`` bool masks against their truth, per mask (both empty: 1, as
+    :func:`samadapt.evaluation.metrics.dice`), computed together for the whole batch."""
+    inter = (prediction & truth).flatten(1).sum(1).double()
+    total = prediction.flatten(1).sum(1).double() + truth.flatten(1).sum(1).double()
+    union = total - inter
+    empty = total == 0
+    dice_values = torch.where(empty, 1.0, 2 * inter / total.clamp(min=1))
+    iou_values = torch.where(empty, 1.0, inter / union.clamp(min=1))
+    return {"dice": dice_values.numpy(), "iou": iou_values.numpy()}
+
+
+def _level(threshold: float) -> str:
+    return f"{round(100 * threshold):d}"
+
+
+def clicks_to_reach(ious: np.ndarray, threshold: float, cap: int) -> np.ndarray:
+    """Number of clicks (1-based) at which each row of ``ious`` (``NxK``, IoU after clicks 1..K) first reaches
+    ``threshold``; ``cap`` for rows that never do within ``min(K, cap)`` clicks. ``N`` int."""
+    ious = np.asarray(ious, dtype=float)[:, :cap]
+    reached = ious >= threshold
+    first = reached.argmax(axis=1) + 1
+    return np.where(reached.any(axis=1), first, cap).astype(int)
+
+
+@torch.inference_mode()
+def click_session(
+    sam: Sam, item: ProtocolSlice, settings: InteractiveSettings = InteractiveSettings()
+) -> tuple[np.ndarray, np.ndarray]:
+    """Refine every object of ``item`` click by click; (Dice ``NxK``, IoU ``NxK``) after clicks ``1..K``.
+
+    ``K`` is ``max_clicks`` unless the slice stopped early (see the module docstring).
+    """
+    device = next(sam.parameters()).device
+    image_size = sam.image_encoder.img_size
+    truth = item.truth
+    n = truth.shape[0]
+    user, unused = LargestErrorClick(), torch.Generator()
+    prediction = torch.zeros_like(truth)
+    prompts = RegionPrompts.from_points(torch.zeros(n, 0, 2), torch.zeros(n, 0, dtype=torch.long))
+    previous = None
+    embedding = item.embedding.to(device)
+    dices, ious = [], []
+    top = max(settings.thresholds)
+    for k in range(1, settings.max_clicks + 1):
+        points, labels = user(prediction, truth, unused)
+        prompts = prompts.with_clicks(points, labels)
+        low_res, iou_pred = decode_regions(sam, embedding, prompts.to(device), previous)
+        chosen, _, _ = pick_outputs(low_res, iou_pred, prompts.ambiguous)
+        previous = previous_logits_prompt(chosen)
+        prediction = item.crop((upscale_logits(chosen.float(), image_size) > 0).cpu())
+        overlap = overlap_scores(prediction, truth)
+        dices.append(overlap["dice"])
+        ious.append(overlap["iou"])
+        reached = (np.asarray(ious) >= top).any(axis=0)
+        if k >= settings.dice_clicks and reached.all():
+            break
+    return np.asarray(dices).T, np.asarray(ious).T
+
+
+def interactive_rows(
+    sam: Sam, prepared: PreparedDataset, cache: EmbeddingCache, split: str = "test",
+    settings: InteractiveSettings = InteractiveSettings(), progress: Callable[[int], None] | None = None,
+) -> list[dict]:
+    """One row per object of ``split``: its identity, ``dice_1..dice_K``, ``noc_<level>``, ``fail_<level>``
+    (never reached within ``max_clicks``; a NoC of ``max_clicks`` may also be a success on the last click),
+    ``clicks_run`` and the IoU curve ``iou_1..iou_<clicks_run>`` (NoC at any level up to the highest threshold
+    can be read off it with :func:`clicks_to_reach`)."""
+    rows = []
+    for item in protocol_slices(prepared, cache, split):
+        dices, ious = click_session(sam, item, settings)
+        nocs = {_level(t): clicks_to_reach(ious, t, settings.max_clicks) for t in settings.thresholds}
+        reached = {_level(t): (ious >= t).any(axis=1) for t in settings.thresholds}
+        for i, obj in enumerate(item.objects):
+            row = object_row(item, obj)
+            row.update({f"dice_{k + 1}": float(dices[i, k]) for k in range(settings.dice_clicks)})
+            row.update({f"noc_{level}": int(values[i]) for level, values in nocs.items()})
+            row.update({f"fail_{level}": bool(not values[i]) for level, values in reached.items()})
+            row.update({f"iou_{k + 1}": float(ious[i, k]) for k in range(ious.shape[1])})
+            row["clicks_run"] = int(dices.shape[1])
+            rows.append(row)
+        if progress is not None:
+            progress(1)
+    return rows
+
+
+def interactive_summary(rows: Sequence[Mapping], settings: InteractiveSettings = InteractiveSettings()) -> dict:
+    """Per class and mean over classes: ``dice_at`` (list over k = 1..K), ``noc_<level>``, ``fail_<level>``
+    (share of objects not reaching the level within ``max_clicks``), ``n``."""
+    by_class: dict[str, list[Mapping]] = {}
+    for row in rows:
+        by_class.setdefault(row["class"], []).append(row)
+    per_class = {}
+    for name, items in by_class.items():
+        dice_at = [float(np.mean([r[f"dice_{k}"] for r in items])) for k in range(1, settings.dice_clicks + 1)]
+        entry = {"n": len(items), "dice_at": dice_at}
+        for t in settings.thresholds:
+            level = _level(t)
+            values = np.array([r[f"noc_{level}"] for r in items])
+            entry[f"noc_{level}"] = float(values.mean())
+            entry[f"fail_{level}"] = float(np.mean([r[f"fail_{level}"] for r in items]))
+        per_class[name] = entry
+    mean = {}
+    if per_class:
+        entries = list(per_class.values())
+        mean["dice_at"] = [float(np.mean([e["dice_at"][k] for e in entries])) for k in range(settings.dice_clicks)]
+        for key in entries[0]:
+            if key.startswith(("noc_", "fail_")):
+                mean[key] = float(np.mean([e[key] for e in entries]))
+    return {"per_class": per_class, "mean_over_classes": mean,
+            "settings": {"dice_clicks": settings.dice_clicks, "max_clicks": settings.max_clicks,
+                         "thresholds": list(settings.thresholds)}}
+
+
+def _fmt(value: float, scale: float = 100.0, digits: int = 1) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value * scale:.{digits}f}"
+
+
+def interactive_section(
+    summaries: Mapping[str, dict], settings: InteractiveSettings = InteractiveSettings()
+) -> list[str]:
+    """Markdown lines: mean Dice after k clicks per model, NoC per model, and NoC per class and model."""
+    ks = [k for k in (1, 2, 3, 5, settings.dice_clicks) if k <= settings.dice_clicks]
+    ks = sorted(set(ks))
+    levels = [_level(t) for t in settings.thresholds]
+    lines = ["## Interactive: Dice after k clicks and clicks to reach an IoU (NoC)", "",
+             "Simulated user: first click at the object's interior, each next click at the interior of the largest "
+             "error region (positive in a miss, negative in a spill), previous logits fed back; all objects of a "
+             f"slice at once. NoC: clicks to reach the IoU, {settings.max_clicks} when never reached (fail: share "
+             "of such objects). Mean over classes.", "",
+             "| model | " + " | ".join(f"Dice@{k}" for k in ks) + " | "
+             + " | ".join(f"NoC@{lv} | fail@{lv}" for lv in levels) + " |",
+             "|" + "---|" * (1 + len(ks) + 2 * len(levels))]
+    for label, summary in summaries.items():
+        mean = summary["mean_over_classes"]
+        if not mean:
+            continue
+        cells = [_fmt(mean["dice_at"][k - 1]) for k in ks]
+        cells += [f"{mean[f'noc_{lv}']:.2f} | {_fmt(mean[f'fail_{lv}'], digits=0)}%" for lv in levels]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    top = levels[-1]
+    classes = list(dict.fromkeys(c for s in summaries.values() for c in s["per_class"]))
+    lines += ["", f"NoC@{top} per class (lower is better):", "",
+              "| class | n | " + " | ".join(summaries) + " |", "|" + "---|" * (2 + len(summaries))]
+    for name in classes:
+        n = next((s["per_class"][name]["n"] for s in summaries.values() if name in s["per_class"]), 0)
+        cells = [f"{s['per_class'][name][f'noc_{top}']:.2f}" if name in s["per_class"] else "-"
+                 for s in summaries.values()]
+        lines.append(f"| {name} | {n} | " + " | ".join(cells) + " |")
+    return lines + ["", "![Interactive curves](interactive_curves.png)", ""]
+
+
+def plot_interactive_curves(summaries: Mapping[str, dict], path) -> None:
+    """Dice (mean over classes) against the number of clicks, one line per model."""
+    fig, ax = pyplot().subplots(figsize=(6, 4))
+    for label, summary in summaries.items():
+        values = summary["mean_over_classes"].get("dice_at", [])
+        ax.plot(range(1, len(values) + 1), values, marker="o", label=label)
+    ax.set_xlabel("clicks")
+    ax.set_ylabel("Dice (mean over classes)")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def interactive_table(summaries: Mapping[str, dict]) -> list[dict]:
+    """CSV rows: one per model and class (and ``mean over classes``), Dice at each k and the NoC columns."""
+    rows = []
+    for label, summary in summaries.items():
+        entries = {**summary["per_class"], "mean over classes": summary["mean_over_classes"]}
+        for name, entry in entries.items():
+            if not entry:
+                continue
+            row = {"method": label, "class": name, "n": entry.get("n", "")}
+            row.update({f"dice_{k + 1}": v for k, v in enumerate(entry["dice_at"])})
+            row.update({k: v for k, v in entry.items() if k.startswith(("noc_", "fail_"))})
+            rows.append(row)
+    return rows

@@ -1,0 +1,139 @@
+"""predict_auto and IPS-shifted prompts through a real (untrained) ProMISe adapter on a micro SAM."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from samadapt.data.frame import frame_shape, to_model_frame_image
+from samadapt.errors import CheckpointError, ConfigError
+from samadapt.inference.decode import decode
+from samadapt.inference.segmenter import Segmenter
+from samadapt.inference.volume_segmentation import AutoSettings, segment_volume_auto
+from samadapt.models.embedding_cache import encode_slices
+from samadapt.promise import AdapterSpec, PromiseAdapter, decode_with_shift, save_adapter
+from samadapt.promise.adapter import sam_digest
+
+H, W = 48, 64
+
+
+def _adapter_run(root: Path, checkpoint: Path, loaded, has_apm: bool) -> Path:
+    spec = loaded.spec
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        adapter = PromiseAdapter(AdapterSpec(
+            classes=("liver", "spleen"), image_size=spec.image_size, feature_dim=spec.encoder_embed_dim,
+            feature_levels=3, grid=spec.embedding_size, transformer_dim=spec.prompt_embed_dim, num_mask_tokens=4,
+            has_apm=has_apm, has_ips=True), base_model=str(checkpoint), base_digest=sam_digest(loaded.sam))
+        torch.nn.init.normal_(adapter.ips.mlp[2].weight, std=0.5)  # IPS starts at zero shift: make it matter
+    save_adapter(adapter, root / "adapter.pt")
+    return root
+
+
+@pytest.fixture(scope="module")
+def adapter_run(micro_run, tmp_path_factory) -> Path:
+    loaded = Segmenter.from_model(micro_run).loaded
+    return _adapter_run(tmp_path_factory.mktemp("adapter"), micro_run / "model.pth", loaded, has_apm=True)
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 255, (H, W), dtype=np.uint8)
+
+
+def test_predict_auto_is_the_apm_points_decoded_with_the_ips_shift(adapter_run, micro_run, image):
+    segmenter = Segmenter.from_model(None, adapter=adapter_run)  # the adapter's own base model
+    assert segmenter.loaded.checkpoint == micro_run / "model.pth"
+    assert segmenter.has_auto and segmenter.classes == ["liver", "spleen"]
+    segmenter.set_image(image)
+    got = segmenter.predict_auto("spleen", presence_threshold=None)
+
+    adapter, sam, size = segmenter.adapter, segmenter.sam, segmenter.image_size
+    valid = frame_shape(H, W, size)
+    emb, feats = encode_slices(segmenter.loaded, to_model_frame_image(image, size)[None], valid, with_features=True)
+    emb, feats = torch.from_numpy(emb).float(), torch.from_numpy(feats).float()
+    with torch.inference_mode():
+        points, labels = adapter.auto_points(feats, 1)
+        low, iou = decode_with_shift(sam, emb, adapter.token_shift(emb), points=(points, labels),
+                                     multimask=adapter.multimask)
+        masks = sam.postprocess_masks(low[:, :1], valid, (H, W)) > 0
+    assert got.masks.shape == (1, 1, H, W)
+    np.testing.assert_array_equal(got.masks, masks.numpy())
+    np.testing.assert_allclose(got.scores, iou[:, :1].numpy(), atol=1e-5)
+    scale = np.array([W / valid[1], H / valid[0]])
+    np.testing.assert_allclose(got.points, points.numpy() * scale, atol=1e-4)  # back in the original frame
+    assert got.presence is not None and got.presence.shape == (1,)
+
+
+def test_prompted_masks_use_the_adapters_shift(adapter_run, micro_run, image):
+    adapted = Segmenter.from_model(micro_run, adapter=adapter_run)
+    plain = Segmenter.from_model(micro_run)
+    for segmenter in (adapted, plain):
+        segmenter.set_image(image)
+    shifted = adapted.predict(boxes=[5, 5, 40, 30]).low_res_logits
+    emb = torch.from_numpy(adapted.embedding().embedding).float()
+    box = torch.tensor([[5.0, 5.0, 40.0, 30.0]])
+    with torch.inference_mode():
+        expected, _ = decode_with_shift(adapted.sam, emb, adapted.adapter.token_shift(emb), boxes=box)
+        unshifted, _ = decode(plain.sam, emb, boxes=box)
+    np.testing.assert_allclose(shifted.numpy(), expected.numpy(), atol=1e-5)
+    np.testing.assert_allclose(plain.predict(boxes=[5, 5, 40, 30]).low_res_logits.numpy(), unshifted.numpy(), atol=1e-5)
+    assert not torch.allclose(shifted, unshifted)
+
+
+def test_an_adapter_refuses_another_sam(adapter_run):
+    with pytest.raises(CheckpointError, match="not the SAM"):
+        Segmenter.from_model("test_micro", adapter=adapter_run)  # same architecture, other weights
+
+
+def test_automatic_mode_needs_an_adapter_with_an_apm(micro_run, tmp_path, image):
+    plain = Segmenter.from_model(micro_run)
+    plain.set_image(image)
+    with pytest.raises(ConfigError, match="adapter"):
+        plain.predict_auto()
+    loaded = plain.loaded
+    ips_only = Segmenter.from_model(None, adapter=_adapter_run(tmp_path, micro_run / "model.pth", loaded, False))
+    ips_only.set_image(image)
+    assert not ips_only.has_auto
+    with pytest.raises(ConfigError, match="APM"):
+        ips_only.predict_auto("liver")
+    with pytest.raises(ConfigError, match="APM"):
+        segment_volume_auto(ips_only)
+
+
+def test_automatic_volume_segmentation_paints_each_kept_class_mask(adapter_run, phantom_volume):
+    segmenter = Segmenter.from_model(None, adapter=adapter_run)
+    slices = segmenter.set_volume(phantom_volume)
+    result = segment_volume_auto(segmenter, settings=AutoSettings(presence_threshold=None, min_area=1))
+    assert result.labels.shape == phantom_volume.array.shape and result.slices_decoded == slices.n_slices
+    for k in (0, slices.n_slices // 2):
+        expected = np.zeros(slices.slice_hw, np.uint8)
+        for value, name in enumerate(segmenter.classes, start=1):
+            mask = segmenter.predict_auto(name, slice_index=k, presence_threshold=None).masks[0, 0]
+            if mask.sum() >= 1:
+                expected[mask] = value
+        np.testing.assert_array_equal(slices.labels_slice(result.labels, k), expected)
+    assert [o["class"] for o in result.objects] == ["liver", "spleen"]
+
+
+def test_segment_cli_runs_the_adapter_without_prompts(adapter_run, phantom_files, tmp_path):
+    from typer.testing import CliRunner
+
+    from samadapt.cli import app
+    from samadapt.io.volume import read_volume
+
+    out = tmp_path / "auto"
+    result = CliRunner().invoke(app, ["segment", str(phantom_files[0]), "--auto", "--adapter", str(adapter_run),
+                                      "--out", str(out), "--set", "auto.presence_threshold=null"])
+    assert result.exit_code == 0, result.output
+    sidecar = json.loads((out / "phantom_000.json").read_text())
+    assert sidecar["mode"] == "auto" and sidecar["labels"] == {"background": 0, "liver": 1, "spleen": 2}
+    written = read_volume(out / "phantom_000.nii.gz")
+    assert written.geometry == read_volume(phantom_files[0]).geometry and set(np.unique(written.array)) <= {0, 1, 2}
+    bad = CliRunner().invoke(app, ["segment", str(phantom_files[0]), "--auto", "--adapter", str(adapter_run),
+                                   "--out", str(out), "--set", "auto.colour=red"])
+    assert bad.exit_code == 2 and "unknown setting" in bad.stderr

@@ -1,0 +1,49 @@
+"""`samadapt adapt` (ProMISe) under torchrun: 2 CPU ranks, gloo, the same adapter as one process.
+
+The automatic mode (APM + IPS, without its prompted term) draws no random prompts, so a 2-rank run with
+the same global batch must reach the same weights; the encoder features it needs are embedded by the two
+ranks together. A run checkpointed by 2 ranks resumes only with 2 (each rank's prompt generator is in the
+checkpoint).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from samadapt.config import PromiseConfig
+from samadapt.errors import ConfigError
+from samadapt.promise.adapt import adapt
+from samadapt.training.finetune import prepare_run_folder
+
+# promptable_weight=0: no ground-truth-prompt term, whose random prompts each rank would draw on its own
+SETTINGS = {"mode": "apm+ips", "promptable_weight": 0.0, "batch_size": 4, "steps": 6, "eval_every": 6,
+            "checkpoint_every": 3, "warmup_steps": 1, "lr": 1e-3}
+
+
+def test_torchrun_two_ranks_adapt_like_one_process(micro_prepared, base, tmp_path):
+    ddp = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "samadapt", "adapt", str(micro_prepared.root), "--out", str(ddp), "--set", f"model={base}"]
+    command += [arg for key, value in SETTINGS.items() for arg in ("--set", f"{key}={value}")]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("adapter written to") == 1  # rank 0 alone reports and writes
+
+    single = tmp_path / "single"
+    config = PromiseConfig(data=str(micro_prepared.root), model=str(base), **SETTINGS)
+    prepare_run_folder(single, config, resume=False)
+    adapt(single, config)  # reads the cache (with features) the two ranks wrote
+    a = torch.load(single / "adapter.pt", weights_only=True)
+    b = torch.load(ddp / "adapter.pt", weights_only=True)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+    assert any(float(v.abs().sum()) > 0 for k, v in a.items() if k.startswith("ips.mlp.2"))  # IPS did train
+    with pytest.raises(ConfigError, match="checkpointed with 2 process"):  # resume needs as many processes
+        adapt(ddp, config)

@@ -1,0 +1,164 @@
+"""The PHPG objective on a real (micro) SAM: one pass per round for all regions, SAM's recipe, CBDP, resume."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from typer.testing import CliRunner
+
+from samadapt.cli import app
+from samadapt.config import FinetuneConfig
+from samadapt.inference.region_decode import decode_regions
+from samadapt.models.error_head import load_error_head
+from samadapt.models.sam import load_sam, read_state_dict
+from samadapt.prompts.behaviour_mixture import first_mixture
+from samadapt.prompts.click_behaviours import CentreClick
+from samadapt.training.finetune import finetune, prepare_run_folder
+from samadapt.training.losses import bce_loss, dice_loss, iou_head_loss
+from samadapt.training.phpg import PHPGObjective, phpg_objective_from_config
+from samadapt.training.slice_data import SliceSample
+
+
+@pytest.fixture(scope="module")
+def sam():
+    torch.manual_seed(0)
+    return load_sam("test_micro").sam
+
+
+def _sample(n: int = 5) -> SliceSample:
+    masks = torch.zeros(n, 64, 64, dtype=torch.bool)
+    for i in range(n):
+        masks[i, 4 + 12 * i : 14 + 12 * i, 5 + 3 * i : 24 + 6 * i] = True
+    embedding = torch.randn(1, 32, 4, 4, generator=torch.Generator().manual_seed(1))
+    return SliceSample(embedding, masks, [f"c{i}" for i in range(n)], torch.zeros(n, dtype=torch.bool))
+
+
+def _objective(**kw) -> PHPGObjective:
+    config = FinetuneConfig(objective="phpg", **{k: v for k, v in kw.items() if k.startswith("phpg_")})
+    objective = phpg_objective_from_config(config, embed_dim=32)
+    return replace(objective, **{k: v for k, v in kw.items() if not k.startswith("phpg_")})
+
+
+def _count_passes(sam, monkeypatch) -> list[int]:
+    calls: list[int] = []
+    original = sam.mask_decoder.predict_masks
+
+    def counting(**kwargs):
+        out = original(**kwargs)
+        calls.append(out[0].shape[0])
+        return out
+
+    monkeypatch.setattr(sam.mask_decoder, "predict_masks", counting)
+    return calls
+
+
+def test_all_regions_share_one_pass_per_round_and_both_learners_get_gradients(sam, monkeypatch):
+    calls = _count_passes(sam, monkeypatch)
+    objective = _objective(phpg_correction_rounds=3, phpg_mask_only_rounds=2)
+    losses, chosen, stats = objective.slice_losses(sam, _sample(5), torch.Generator().manual_seed(0))
+    assert calls == [5] * 6  # first round + 3 corrections + 2 mask-only rounds, all five regions each time
+    assert losses.shape == (5,) and chosen.tolist() == [0, 1, 2, 3, 4]
+    assert stats["prompts"] == 5 and stats["rounds"] == 6 and 0 <= stats["train_iou"] <= 1 and stats["error_bce"] > 0
+    sam.zero_grad()
+    objective.reduce(losses).backward()
+    assert sam.mask_decoder.output_upscaling[0].weight.grad.abs().sum() > 0
+    assert objective.error_head.body[0].weight.grad.abs().sum() > 0
+
+
+def test_one_region_per_pass_is_the_same_work_split_into_passes(sam, monkeypatch):
+    calls = _count_passes(sam, monkeypatch)
+    objective = _objective(phpg_correction_rounds=1, phpg_mask_only_rounds=1, regions_per_pass=1)
+    losses, _, stats = objective.slice_losses(sam, _sample(4), torch.Generator().manual_seed(0))
+    assert calls == [1] * 12 and losses.shape == (4,) and stats["prompts"] == 4
+
+
+def test_the_generator_decides_every_prompt(sam):
+    objective = _objective(phpg_error_head=False)
+    a = objective.slice_losses(sam, _sample(), torch.Generator().manual_seed(3))[0]
+    torch.manual_seed(123)
+    b = objective.slice_losses(sam, _sample(), torch.Generator().manual_seed(3))[0]
+    c = objective.slice_losses(sam, _sample(), torch.Generator().manual_seed(4))[0]
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_a_single_click_takes_the_best_of_sams_three_outputs(sam):
+    sample = _sample(3)
+    objective = PHPGObjective(first=first_mixture({"click_centre": 1}), correction_rounds=0, mask_only_rounds=0,
+                              loss_size=64)
+    losses, _, _ = objective.slice_losses(sam, sample, torch.Generator())
+    prompts = CentreClick()(sample.masks, torch.Generator())
+    with torch.no_grad():
+        low, iou = decode_regions(sam, sample.embedding, prompts)
+        logits = F.interpolate(low, (64, 64), mode="bilinear", align_corners=False)
+        target = sample.masks[:, None].float().expand_as(logits)
+        per_output = dice_loss(logits, target) + bce_loss(logits, target) + iou_head_loss(iou, logits, target > 0.5)
+    torch.testing.assert_close(losses.detach(), per_output[:, 1:].min(dim=1).values)
+
+
+def _config(prepared, base, **kw) -> FinetuneConfig:
+    values = dict(data=str(prepared.root), model=str(base), objective="phpg", steps=6, batch_size=2,
+                  checkpoint_every=2, eval_every=3, warmup_steps=2, lr=1e-3, phpg_correction_rounds=1)
+    return FinetuneConfig(**{**values, **kw})
+
+
+def _run(run_dir: Path, config: FinetuneConfig, **kw):
+    prepare_run_folder(run_dir, config, resume=False)
+    return finetune(run_dir, config, **kw)
+
+
+def test_phpg_training_learns_and_saves_a_plain_sam_with_its_error_head(micro_prepared, base, run_dir):
+    records = []
+    result = _run(run_dir, _config(micro_prepared, base, steps=30, lr=3e-3, eval_every=30), on_step=records.append)
+    first = sum(r["loss"] for r in records[:5]) / 5
+    last = sum(r["loss"] for r in records[-5:]) / 5
+    assert last < 0.85 * first
+    before, after = read_state_dict(base), read_state_dict(result.model)
+    assert {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])} == {"mask_decoder"}
+    assert load_sam(str(result.model)).spec.image_size == 64  # model.pth: a plain SAM state dict
+    head = load_error_head(run_dir / "error_head.pth")
+    sidecar = json.loads((run_dir / "error_head.json").read_text())
+    assert sidecar["model"] == "model.pth" and sidecar["training"]["config"]["objective"] == "phpg"
+    assert head.embed_dim == 32
+    assert "PHPG" in json.loads(result.model.with_suffix(".json").read_text())["description"]
+
+
+def test_phpg_with_class_pruning_runs_fewer_steps_and_resumes_exactly(micro_prepared, base, tmp_path):
+    config = _config(micro_prepared, base, pruning="class", steps=24, batch_size=4, eval_every=50,
+                     checkpoint_every=3, phpg_correction_rounds=1, phpg_mask_only_rounds=0, prune_min_class_share=0.0)
+    straight = _run(tmp_path / "straight", config)
+    log = json.loads((tmp_path / "straight" / "pruning.json").read_text())
+    assert log["finished"] and log["iterations"] == straight.steps < log["iterations_full_data"]
+
+    class KilledError(RuntimeError):
+        pass
+
+    def kill(record):
+        if record["step"] == 7:
+            raise KilledError
+
+    with pytest.raises(KilledError):
+        _run(tmp_path / "killed", config, on_step=kill)
+    resumed = finetune(tmp_path / "killed", prepare_run_folder(tmp_path / "killed", config, resume=True))
+    assert resumed.steps == straight.steps
+    a, b = read_state_dict(straight.model), read_state_dict(resumed.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    heads = [torch.load(p / "error_head.pth", weights_only=True) for p in (tmp_path / "straight", tmp_path / "killed")]
+    assert all(torch.equal(heads[0][k], heads[1][k]) for k in heads[0])
+
+
+@pytest.mark.parametrize("setting, expected", [
+    ("objective=phgp", "objective"),
+    ("phpg_first_weights={box_tigth: 1}", "known: box_tight"),
+    ("phpg_guidance_mix=2", "phpg_guidance_mix"),
+])
+def test_cli_bad_phpg_settings_exit_2_with_one_line(micro_prepared, tmp_path, setting, expected):
+    result = CliRunner().invoke(app, ["train", str(micro_prepared.root), "--out", str(tmp_path / "r"),
+                                      "--set", setting])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("samadapt: error:") and expected in lines[0]
