@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_foundation import machine  # noqa: E402
 from phantom_workbench import embedded_phantoms, phantom_arguments  # noqa: E402
-from samadapt.config import FinetuneConfig, config_to_dict  # noqa: E402
+from samadapt.config import FinetuneConfig, config_to_dict, parse_overrides  # noqa: E402
 from samadapt.evaluation.model_comparison import evaluate_models  # noqa: E402
 from samadapt.io.atomic import write_json_atomic  # noqa: E402
 from samadapt.training.finetune import finetune, prepare_run_folder  # noqa: E402
@@ -34,12 +34,17 @@ RESULTS = Path(__file__).resolve().parent / "results" / "multi_prompt_phantoms.j
 def main() -> None:
     parser = phantom_arguments(__doc__.splitlines()[0], cases=24, out=RESULTS)
     parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra FinetuneConfig setting of both runs (repeatable)")
     args = parser.parse_args()
+    extra = parse_overrides(args.overrides)
+    tag = "".join(f"-{k}={v}" for k, v in sorted(extra.items()))
     work, _, prepared, _ = embedded_phantoms(args.work, args.model, args.cases)
     models, runs = [args.model], {}
     for prompting in ("single", "multi"):
-        config = FinetuneConfig(data=str(prepared.root), model=args.model, prompting=prompting, steps=args.steps)
-        run_dir = work / "runs" / f"{prompting}-prompt"
+        config = FinetuneConfig(data=str(prepared.root), model=args.model, prompting=prompting, steps=args.steps,
+                                **extra)
+        run_dir = work / "runs" / f"{prompting}-prompt{tag}"
         config = prepare_run_folder(run_dir, config, resume=(run_dir / "config.yaml").is_file())
         started = time.time()
         result = finetune(run_dir, config)
@@ -47,8 +52,9 @@ def main() -> None:
                            "best_val_dice": result.best_val_dice, "curve": result.curve,
                            "this_call_s": round(time.time() - started, 1)}
         models.append(str(result.model))
-    summary_md = evaluate_models(prepared, models, work / "report")
-    evaluation = json.loads((work / "report" / "evaluation.json").read_text())
+    report = work / f"report{tag}"
+    summary_md = evaluate_models(prepared, models, report)
+    evaluation = json.loads((report / "evaluation.json").read_text())
     lesion = FinetuneConfig().is_lesion
     table = {}
     for label, by_jitter in evaluation["results"].items():
@@ -65,7 +71,7 @@ def main() -> None:
                 "for single- and multi-prompt fine-tuning",
         "model": args.model, "cases": args.cases, "steps": args.steps, "runs": runs, "dice": table,
         "report": str(summary_md), "machine": machine(),
-        "command": f"python benchmarks/multi_prompt_phantoms.py --steps {args.steps} --cases {args.cases}",
+        "settings": extra, "command": "python benchmarks/multi_prompt_phantoms.py " + " ".join(sys.argv[1:]),
     })
     for label, row in table.items():
         print(f"{label:>24}: organs {row['organ_mean']:.3f}  lesions {row['lesion_mean']}")

@@ -43,11 +43,13 @@ def main() -> None:
     work, loaded, prepared, _ = embedded_phantoms(args.work, args.model, args.cases)
     digest_before = sam_digest(loaded.sam)
     runs, adapters = {}, []
-    for mode in ("apm+ips", "ips"):
+    # IPS is trained with ground-truth prompts: a mix of boxes and 8+8 points (the default), and boxes alone
+    variants = (("apm_ips", "apm+ips", {}), ("ips", "ips", {}), ("ips_box", "ips", {"ips_prompts": "box"}))
+    for name, mode, extra in variants:
         config = PromiseConfig(data=str(prepared.root), model=args.model, mode=mode, steps=args.steps,
-                               eval_every=max(1, args.steps // 3))
-        result, runs[mode] = adapted(work / "runs" / mode.replace("+", "_"), config)
-        runs[mode]["config"] = config_to_dict(config)
+                               eval_every=max(1, args.steps // 3), **extra)
+        result, runs[name] = adapted(work / "runs" / name, config)
+        runs[name]["config"] = config_to_dict(config)
         adapters.append(str(result.adapter.parent))
     ft = FinetuneConfig(data=str(prepared.root), model=args.model, steps=args.ft_steps)
     ft_dir = work / "runs" / "multi-prompt-ft"

@@ -216,6 +216,37 @@ def _start_run(out: Path, settings: Any, resume: bool) -> Any:
     return ranks
 
 
+class _RunBars:
+    """Progress bars of a run command: ``embed`` (the cache, when missing) and the run's steps, with the
+    loss, validation Dice and, where the records carry prompt counts, objects per second."""
+
+    def __init__(self, desc: str, total_steps: int) -> None:
+        self.desc, self.total_steps, self.bars = desc, total_steps, {}
+
+    def _bar(self, name: str, total: int, unit: str):
+        from tqdm import tqdm
+
+        return self.bars.setdefault(name, tqdm(total=total, unit=unit, desc=name, dynamic_ncols=True))
+
+    def embed_progress(self, done: int, total: int) -> None:
+        bar = self._bar("embed", total, "slice")
+        bar.update(done - bar.n)
+
+    def on_step(self, record: dict) -> None:
+        bar = self._bar(self.desc, self.total_steps, "step")
+        bar.n = record["step"]
+        shown = {"loss": f"{record['loss']:.3f}"}
+        if "prompts" in record:
+            shown["obj/s"] = f"{record['prompts'] / record['step_s']:.0f}"
+        if "val_score" in record:
+            shown["val_dice"] = f"{record['val_score']:.3f}"
+        bar.set_postfix(shown, refresh=True)
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
 @app.command("train")
 @user_errors_exit_2
 def train_command(
@@ -231,32 +262,17 @@ def train_command(
     --set objective=phpg for PHPG's simulated users and correction rounds (docs/phpg.md).
     Data-parallel: `torchrun --nproc_per_node N -m samadapt train ...` (batch_size is split over the ranks).
     """
-    from tqdm import tqdm
 
     from samadapt.config import FinetuneConfig
     from samadapt.training.finetune import finetune
 
     settings = _run_settings(FinetuneConfig, prepared, out, config, set_, resume)
-    bars: dict[str, tqdm] = {}
-
-    def embed_progress(done: int, total: int) -> None:
-        bar = bars.setdefault("embed", tqdm(total=total, unit="slice", desc="embed", dynamic_ncols=True))
-        bar.update(done - bar.n)
-
-    def on_step(record: dict) -> None:
-        bar = bars.setdefault("train", tqdm(total=settings.steps, unit="step", desc="train", dynamic_ncols=True))
-        bar.n = record["step"]
-        shown = {"loss": f"{record['loss']:.3f}", "obj/s": f"{record.get('prompts', 0) / record['step_s']:.0f}"}
-        if "val_score" in record:
-            shown["val_dice"] = f"{record['val_score']:.3f}"
-        bar.set_postfix(shown, refresh=True)
-
+    bars = _RunBars("train", settings.steps)
     try:
         ranks = _start_run(out, settings, resume)
-        result = finetune(out, settings, on_step=on_step, embed_progress=embed_progress)
+        result = finetune(out, settings, on_step=bars.on_step, embed_progress=bars.embed_progress)
     finally:
-        for bar in bars.values():
-            bar.close()
+        bars.close()
     if not ranks.is_main:
         return
     if result.best_val_dice is not None:
@@ -279,32 +295,17 @@ def adapt_command(
     (with encoder features for the APM) first when the cache is missing. Writes adapter.pt + adapter.json;
     SAM's weights are never changed or saved. Data-parallel: `torchrun --nproc_per_node N -m samadapt adapt ...`.
     """
-    from tqdm import tqdm
 
     from samadapt.config import PromiseConfig
     from samadapt.promise.adapt import adapt
 
     settings = _run_settings(PromiseConfig, prepared, out, config, set_, resume)
-    bars: dict[str, tqdm] = {}
-
-    def embed_progress(done: int, total: int) -> None:
-        bar = bars.setdefault("embed", tqdm(total=total, unit="slice", desc="embed", dynamic_ncols=True))
-        bar.update(done - bar.n)
-
-    def on_step(record: dict) -> None:
-        bar = bars.setdefault("adapt", tqdm(total=settings.steps, unit="step", desc="adapt", dynamic_ncols=True))
-        bar.n = record["step"]
-        shown = {"loss": f"{record['loss']:.3f}"}
-        if "val_score" in record:
-            shown["val_dice"] = f"{record['val_score']:.3f}"
-        bar.set_postfix(shown, refresh=True)
-
+    bars = _RunBars("adapt", settings.steps)
     try:
         ranks = _start_run(out, settings, resume)
-        result = adapt(out, settings, on_step=on_step, embed_progress=embed_progress)
+        result = adapt(out, settings, on_step=bars.on_step, embed_progress=bars.embed_progress)
     finally:
-        for bar in bars.values():
-            bar.close()
+        bars.close()
     if not ranks.is_main:
         return
     if result.best_val_score is not None:

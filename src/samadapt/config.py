@@ -165,15 +165,15 @@ class PretrainConfig:
     """
 
     model: str = "tiny"
-    steps: int = 800
-    batch_size: int = 12
+    steps: int = 3000
+    batch_size: int = 10
     objects_per_image: int = 6
     lr: float = 5e-4
     min_lr_fraction: float = 0.05
     weight_decay: float = 0.05
-    warmup_steps: int = 50
+    warmup_steps: int = 100
     grad_clip: float = 1.0
-    corpus_images: int = 3000
+    corpus_images: int = 5000
     corpus_seed: int = 0
     eval_images: int = 100
     eval_seed: int = 1000003
@@ -183,11 +183,11 @@ class PretrainConfig:
     point_first_probability: float = 0.5  # first prompt a click (else a noisy box); SAM's full recipe: 0.5
     # The first steps prompt with noisy boxes only, one round, no corrections: ~3x cheaper per step, and the
     # fastest way out of the empty-mask plateau every from-scratch run starts on (docs/model_card_tiny.md).
-    box_warmup_fraction: float = 0.0
-    full_recipe_fraction: float = 0.05
-    eval_every: int = 100
-    checkpoint_every: int = 25
-    threads: int = 2
+    box_warmup_fraction: float = 0.7
+    full_recipe_fraction: float = 0.04
+    eval_every: int = 200
+    checkpoint_every: int = 50
+    threads: int = 1
     init_from: str | None = None  # a SAM checkpoint to continue from (a second phase), instead of random weights
 
     def __post_init__(self) -> None:

@@ -13,6 +13,7 @@ from samadapt.data.shapes import generate_corpus
 from samadapt.models.registry import DEFAULT_MODEL, REGISTRY
 from samadapt.models.sam import load_sam, sidecar_path
 from samadapt.pretraining.evaluate import evaluate_on_shapes
+from samadapt.prompts.boxes import boxes_from_masks, masks_from_boxes
 
 
 @pytest.fixture(scope="module")
@@ -56,4 +57,12 @@ def test_shipped_weights_still_measure_their_recorded_quality(tiny, sidecar):
         torch.set_num_threads(previous)
     # the sidecar's figure is over 100 held-out images; these are the first 24 of them
     assert scores["box_iou"] == pytest.approx(sidecar["metrics"]["heldout_box_iou"], abs=0.06)
+    assert scores["point_iou"] == pytest.approx(sidecar["metrics"]["heldout_point_iou"], abs=0.08)
     assert scores["point_iou"] < scores["box_iou"]  # one click is ambiguous, a box is not
+    # a promptable segmenter, not a box filler: it beats filling each object's tight box
+    fill = []
+    for inst in torch.as_tensor(instances):
+        masks = inst[None] == torch.unique(inst)[1:, None, None]
+        filled = masks_from_boxes(boxes_from_masks(masks), *masks.shape[-2:])
+        fill += ((filled & masks).flatten(1).sum(1) / (filled | masks).flatten(1).sum(1)).tolist()
+    assert scores["box_iou"] > sum(fill) / len(fill) + 0.1

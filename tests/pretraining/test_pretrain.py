@@ -19,7 +19,7 @@ from samadapt.pretraining.pretrain import learning_rate, pretrain
 
 CONFIG = PretrainConfig(
     model="test_micro", steps=4, batch_size=2, objects_per_image=2, corpus_images=6, eval_images=2,
-    checkpoint_every=2, eval_every=2, warmup_steps=1, full_recipe_fraction=0.25, threads=1,
+    checkpoint_every=2, eval_every=2, warmup_steps=1, box_warmup_fraction=0.5, full_recipe_fraction=0.25, threads=1,
 )
 
 
@@ -79,7 +79,8 @@ def test_metrics_have_one_record_per_step_with_evaluations(finished):
     assert all("eval_box_iou" in m for m in metrics if m["step"] % 2 == 0)
     assert not any("eval_box_iou" in m for m in metrics if m["step"] % 2 == 1)
     bulk = 1 + CONFIG.correction_rounds + CONFIG.mask_only_rounds
-    assert [m["rounds"] for m in metrics] == [bulk, bulk, bulk, 11]  # the last quarter runs SAM's full recipe
+    # the first half warms up on boxes alone (one round), the last quarter runs SAM's full recipe (8 + 2 + 1)
+    assert [m["rounds"] for m in metrics] == [1, 1, bulk, 11]
     assert all(m["loss"] > 0 for m in metrics)
 
 

@@ -118,3 +118,10 @@ def test_rare_classes_are_never_pruned_by_cbdp_but_are_by_random():
                                rare_class_share=0.0), epochs=8, slices_per_step=4, seed=0)
     unprotected.load_state_dict(planner.state_dict())
     assert unprotected.protected_classes() == set() and unprotected.plan_epoch(1).kept_per_class["lesion"] < 3
+    # random pruning matches CBDP's count after its protection, and ignores the protection itself
+    rand = EpochPlanner(planner.slices, PruningSettings("random", ratio=1.0, min_class_share=0.0), epochs=8,
+                        slices_per_step=4, seed=0)
+    rand.load_state_dict(planner.state_dict())
+    assert len(rand.plan_epoch(1).order) == len(plan.order)
+    assert any(len(rand.plan_epoch(e).order) == len(planner.plan_epoch(e).order)
+               and rand.plan_epoch(e).kept_per_class["lesion"] < 3 for e in range(1, 7))

@@ -17,7 +17,8 @@ objects.
   restored), and slices holding a *rare* class (present in fewer than ``rare_class_share`` of the
   training slices: lesions, small organs) or a class of ``protected_classes`` are never pruned.
 - ``global`` (InfoBatch): the same with one threshold, the mean raw loss over all slices, no class balance.
-- ``random``: as many slices as ``class`` would prune, drawn uniformly, no rescaling.
+- ``random``: as many slices as ``class`` prunes (after its class balance), drawn uniformly, no rescaling
+  and no protection: the same iteration count as CBDP.
 
 Slices never scored yet are always kept (the first epoch is complete). The last ``anneal_fraction`` of the
 epochs (at least one) are complete again, so training ends on all the data. With ``ratio`` 0.5, ``anneal_fraction``
@@ -139,13 +140,14 @@ class EpochPlanner:
         if self.settings.policy != "none" and not annealing:
             _, well = self._well_learned()
             candidates = np.flatnonzero(well)
-            drawn = candidates[rng.random(len(candidates)) < self.settings.ratio]
+            pruned[candidates[rng.random(len(candidates)) < self.settings.ratio]] = True
+            if self.settings.policy != "global":  # CBDP's class balance (and random's count: CBDP's)
+                pruned = self._protect(pruned, rng)
             if self.settings.policy == "random":
-                pruned[rng.choice(n, size=len(drawn), replace=False)] = True
+                count = int(pruned.sum())
+                pruned = np.zeros(n, dtype=bool)
+                pruned[rng.choice(n, size=count, replace=False)] = True
             else:
-                pruned[drawn] = True
-                if self.settings.policy == "class":
-                    pruned = self._protect(pruned, rng)
                 weights[well & ~pruned] = self.kept_easy_weight()
         order = rng.permutation(np.flatnonzero(~pruned))
         names = sorted({c for cs in self.classes for c in cs})
