@@ -7,7 +7,8 @@ Writes ``benchmarks/results/serve_latency.json`` (atomically):
   changes every click (a box, then a box plus clicks), as when a user refines a mask. p50 / p95 / mean in
   ms, the server's own share, and the first click of the slice (encoder included). Target: p50 <= 50 ms.
   ``vit_b`` is a *random-weight* ViT-B built from the registry's architecture (1024 px frame, 256-wide
-  decoder): timing only, its masks are meaningless; speed does not depend on the weights.
+  decoder): timing only, its masks are meaningless; speed does not depend on the weights. ``<model>/onnx``:
+  the same with ``samadapt serve --decoder onnx`` (each click's decoder in onnxruntime; skipped without it).
 - ``volume_segmentation``: seconds per slice of ``segment_volume`` with one 3D box per organ (all boxes of
   a slice decoded together) and with key-slice propagation, encoder included; ``vit_b`` on a few slices.
 - ``propagation_quality``: 3D Dice of key-slice propagation against the label on CT phantoms with
@@ -82,9 +83,10 @@ def _post(connection: http.client.HTTPConnection, path: str, body: dict) -> tupl
     return json.loads(payload), elapsed
 
 
-def click_latency(loaded: LoadedModel, data: Path, case, clicks: int, rng: np.random.Generator) -> dict:
+def click_latency(loaded: LoadedModel, data: Path, case, clicks: int, rng: np.random.Generator,
+                  decoder: str = "torch") -> dict:
     """Round trips of ``clicks`` prompts on one slice whose embedding is cached; see the module docstring."""
-    app = create_app(loaded, ServeSettings(data_dir=data))
+    app = create_app(loaded, ServeSettings(data_dir=data, decoder=decoder))
     liver = np.isin(case.label, ORGANS["liver"])
     k = int(liver.sum(axis=(1, 2)).argmax())
     rows, cols = np.nonzero(liver[k])
@@ -196,6 +198,13 @@ def main() -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     clicks, n_phantoms = (20, 1) if args.quick else (60, 3)
+    decoders = ["torch"]
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        print("onnxruntime is not installed: the onnx decoder rows are skipped", flush=True)
+    else:
+        decoders.append("onnx")
     rng = np.random.default_rng(0)
     report = {"machine": machine(), "target_p50_ms": TARGET_P50_MS, "grid_zyx": list(GRID),
               "spacing_xyz_mm": list(SPACING), "click_latency": {}, "volume_segmentation": {}}
@@ -210,10 +219,12 @@ def main() -> None:
         data = Path(folder)
         write_volume(cases[0].image, cases[0].geometry, data / "case.nii.gz")
         for name, loaded in models.items():
-            report["click_latency"][name] = {
-                **click_latency(loaded, data, cases[0], clicks, rng),
-                "weights": "random (registry architecture)" if name == "vit_b" else "packaged samadapt-tiny"}
-            print(name, "click p50/p95 ms:", report["click_latency"][name]["round_trip_ms"], flush=True)
+            for decoder in decoders:
+                key = name if decoder == "torch" else f"{name}/{decoder}"
+                report["click_latency"][key] = {
+                    **click_latency(loaded, data, cases[0], clicks, rng, decoder), "decoder": decoder,
+                    "weights": "random (registry architecture)" if name == "vit_b" else "packaged samadapt-tiny"}
+                print(key, "click p50/p95 ms:", report["click_latency"][key]["round_trip_ms"], flush=True)
     report["volume_segmentation"]["tiny"] = volume_speed(models["tiny"], cases[0])
     if "vit_b" in models:
         report["volume_segmentation"]["vit_b"] = volume_speed(models["vit_b"], cases[0], max_slices=3)

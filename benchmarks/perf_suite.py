@@ -12,7 +12,7 @@ FlopCounterMode, the bound is FLOPs / the machine's measured matmul FLOP/s):
 - ``multi_prompt``: objects/s multi- vs single-prompt, by ``benchmarks/bench_multi_prompt.py`` (run here).
 - ``memory``: cache bytes per slice vs the naive stores; peak RSS of a short ``samadapt train``.
 
-    python benchmarks/perf_suite.py            # everything, ~10 min on 2 CPU cores
+    python benchmarks/perf_suite.py            # everything, ~5 min on 2 quiet CPU cores
     python benchmarks/perf_suite.py --quick    # smaller sweeps, ~4 min
     python benchmarks/perf_suite.py --only machine_bound,encoder --device cuda   # a GPU's encoder figures
 

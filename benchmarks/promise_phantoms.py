@@ -1,15 +1,17 @@
 """ProMISe on CT phantoms, SAM frozen: APM + IPS (automatic) vs frozen SAM with naive prompts vs a fine-tuned
 decoder given ground-truth boxes; IPS with ground-truth prompts vs frozen SAM with the same prompts.
 
-CT phantoms (organs and lesions) are prepared for the foundation model. Three runs train on the same
-training cases: ``samadapt adapt`` in mode ``apm+ips`` (fully automatic) and in mode ``ips`` (IPS alone,
-ground-truth prompts), and ``samadapt train`` (multi-prompt decoder fine-tuning, the prompted reference).
+CT phantoms (organs and lesions) are prepared for the foundation model. Runs on the same training cases:
+``samadapt adapt`` in mode ``apm+ips`` (fully automatic) and in mode ``ips`` (IPS alone, ground-truth
+prompts: mixed boxes and point sets, or boxes alone), each trained for SAM's single-mask output and for its
+multimask output's first mask (the paper's), and ``samadapt train`` (multi-prompt decoder fine-tuning, the
+prompted reference).
 ``samadapt eval --prompts auto`` then scores, on the test cases, every (slice, class) pair automatically
 (with false positives on slices without the class) and every object with box and 8 + 8 point prompts
 (docs/promise.md, ``samadapt.evaluation.auto_protocol``). Writes the report under ``<work>/report`` and the
 table to ``benchmarks/results/promise_phantoms.json``. SAM's weights are checked unchanged (sha256).
 
-    python benchmarks/promise_phantoms.py                 # ~10 CPU-minutes on 2 idle cores
+    python benchmarks/promise_phantoms.py                 # ~20 CPU-minutes (six ProMISe runs + a reference)
     python benchmarks/promise_phantoms.py --cases 8 --steps 100 --work /tmp/pp   # a quick look
 """
 
@@ -43,8 +45,13 @@ def main() -> None:
     work, loaded, prepared, _ = embedded_phantoms(args.work, args.model, args.cases)
     digest_before = sam_digest(loaded.sam)
     runs, adapters = {}, []
-    # IPS is trained with ground-truth prompts: a mix of boxes and 8+8 points (the default), and boxes alone
-    variants = (("apm_ips", "apm+ips", {}), ("ips", "ips", {}), ("ips_box", "ips", {"ips_prompts": "box"}))
+    # IPS is trained with ground-truth prompts: a mix of boxes and 8+8 points (the default), and boxes alone;
+    # each decoding SAM's single-mask output (samadapt's default) and its first multimask output (the paper's)
+    single, multi = {"multimask_output": False}, {"multimask_output": True}
+    variants = (("apm_ips", "apm+ips", single), ("ips", "ips", single),
+                ("ips_box", "ips", {"ips_prompts": "box", **single}),
+                ("apm_ips_multimask", "apm+ips", multi), ("ips_multimask", "ips", multi),
+                ("ips_box_multimask", "ips", {"ips_prompts": "box", **multi}))
     for name, mode, extra in variants:
         config = PromiseConfig(data=str(prepared.root), model=args.model, mode=mode, steps=args.steps,
                                eval_every=max(1, args.steps // 3), **extra)

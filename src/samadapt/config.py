@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 
@@ -90,6 +90,37 @@ def save_config(config: Any, path: str | os.PathLike[str]) -> Path:
     with atomic_path(path, suffix=".yaml") as tmp:
         tmp.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
     return Path(path)
+
+
+def check_choices(config: Any, choices: dict[str, tuple[str, ...]], bad) -> None:
+    """Raise ``bad(message)`` when a setting of ``config`` is not one of its allowed strings."""
+    for key, allowed in choices.items():
+        if getattr(config, key) not in allowed:
+            raise bad(f"{key}={getattr(config, key)!r}: use one of {', '.join(allowed)}")
+
+
+def check_integers(config: Any, keys: tuple[str, ...], minimum: int, bad) -> None:
+    """Raise ``bad(message)`` unless each setting is an integer (not a bool) >= ``minimum``."""
+    for key in keys:
+        value = getattr(config, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise bad(f"{key}={value!r}: use an integer >= {minimum}")
+
+
+def check_numbers(config: Any, keys: tuple[str, ...], bad, fraction: bool = False) -> None:
+    """Raise ``bad(message)`` unless each setting is a number >= 0 (``fraction``: between 0 and 1)."""
+    for key in keys:
+        value = getattr(config, key)
+        number = not isinstance(value, bool) and isinstance(value, (int, float))
+        if not number or not value >= 0 or (fraction and value > 1):
+            raise bad(f"{key}={value!r}: " + ("use a fraction between 0 and 1" if fraction else "use a number >= 0"))
+
+
+def check_flags(config: Any, keys: tuple[str, ...], bad) -> None:
+    """Raise ``bad(message)`` unless each setting is a bool."""
+    for key in keys:
+        if not isinstance(getattr(config, key), bool):
+            raise bad(f"{key}={getattr(config, key)!r}: use true or false")
 
 
 @dataclasses.dataclass
@@ -191,19 +222,60 @@ class PretrainConfig:
     init_from: str | None = None  # a SAM checkpoint to continue from (a second phase), instead of random weights
 
     def __post_init__(self) -> None:
-        for key in ("box_warmup_fraction", "full_recipe_fraction", "point_first_probability", "min_lr_fraction"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-                raise ConfigError(f"pretrain setting {key}={value!r}: use a fraction between 0 and 1")
+        check_numbers(self, ("box_warmup_fraction", "full_recipe_fraction", "point_first_probability",
+                             "min_lr_fraction"), lambda what: ConfigError(f"pretrain setting {what}"), fraction=True)
         if self.box_warmup_fraction + self.full_recipe_fraction > 1:
             raise ConfigError("pretrain settings box_warmup_fraction + full_recipe_fraction exceed 1; lower one")
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """What the training commands share (``samadapt train``, ``samadapt adapt``): the prepared dataset, the
+    base model and the settings of the training engine (:mod:`samadapt.training.engine`).
+
+    Engine: AdamW, linear warm-up over ``warmup_steps`` then cosine to ``min_lr_fraction`` x ``lr``,
+    ``grad_accum`` micro-batches of ``batch_size`` slices per step, gradient clipping at ``grad_clip``,
+    bf16/fp16 autocast on CUDA when ``amp`` (never on CPU), checkpoints every ``checkpoint_every`` steps,
+    validation on ``val_split`` every ``eval_every`` steps (the best step is kept). A command's config
+    redeclares the fields whose defaults differ.
+    """
+
+    data: str = ""  # the prepared dataset folder (set by `samadapt train|adapt PREPARED`)
+    model: str = "tiny"
+    steps: int = 300
+    batch_size: int = 4
+    grad_accum: int = 1
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 20
+    min_lr_fraction: float = 0.05
+    grad_clip: float = 1.0
+    amp: bool = True
+    seed: int = 0
+    checkpoint_every: int = 50
+    eval_every: int = 50
+    val_split: str = "val"
+    device: str = "cpu"
+    lr_example: ClassVar[str] = "1e-4"  # the lr an error message suggests
+
+    def check_run_settings(self, bad) -> None:
+        """Validate the fields above (``bad(message)`` builds the command's :class:`ConfigError`)."""
+        check_choices(self, {"val_split": ("train", "val", "test")}, bad)
+        check_integers(self, ("steps", "batch_size", "grad_accum", "checkpoint_every", "eval_every"), 1, bad)
+        check_integers(self, ("warmup_steps", "seed"), 0, bad)
+        check_numbers(self, ("weight_decay", "grad_clip"), bad)
+        check_numbers(self, ("min_lr_fraction",), bad, fraction=True)
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
+            raise bad(f"lr={self.lr!r}: use a positive number, e.g. {self.lr_example}")
+        check_flags(self, ("amp",), bad)
+        self.data = str(self.data)
 
 
 LESION_KEYWORDS = ("lesion", "tumor", "tumour", "cancer", "metast", "nodule", "cyst", "mass")
 
 
 @dataclasses.dataclass
-class FinetuneConfig:
+class FinetuneConfig(RunConfig):
     """``samadapt train``: fine-tune SAM's mask decoder on a prepared dataset, from its embedding cache.
 
     Prompting (``prompting``): ``multi`` prompts every object of a slice at once, a batch of N boxes on one
@@ -244,14 +316,10 @@ class FinetuneConfig:
     ``phpg_guidance_mix`` of the correction clicks. The mask loss is the one above, at ``loss_size``; the
     box settings above do not apply to PHPG.
 
-    Engine: AdamW, linear warm-up then cosine to ``min_lr_fraction`` x ``lr``, ``grad_accum`` micro-batches
-    of ``batch_size`` slices per step, gradient clipping, bf16/fp16 autocast on CUDA when ``amp`` (never on
-    CPU), checkpoints every ``checkpoint_every`` steps, validation Dice on ``val_split`` every
-    ``eval_every`` steps (the best step is kept as ``best.pth``).
+    Engine (:class:`RunConfig`, whose defaults this command keeps): validation Dice with tight boxes, the
+    best step kept as ``best.pth``.
     """
 
-    data: str = ""  # the prepared dataset folder (set by `samadapt train PREPARED`)
-    model: str = "tiny"
     prompting: str = "multi"
     max_prompts_per_slice: int = 32
     train_prompt_encoder: bool = False
@@ -267,20 +335,6 @@ class FinetuneConfig:
     iou_weight: float = 1.0
     prompt_reduction: str = "mean"
     loss_size: int | None = None  # side of the mask-loss frame in px (None: the model-input size)
-    steps: int = 300
-    batch_size: int = 4
-    grad_accum: int = 1
-    lr: float = 3e-4
-    weight_decay: float = 0.01
-    warmup_steps: int = 20
-    min_lr_fraction: float = 0.05
-    grad_clip: float = 1.0
-    amp: bool = True
-    seed: int = 0
-    checkpoint_every: int = 50
-    eval_every: int = 50
-    val_split: str = "val"
-    device: str = "cpu"
     pruning: str = "none"
     prune_ratio: float = 0.5
     prune_anneal_fraction: float = 0.125
@@ -301,47 +355,24 @@ class FinetuneConfig:
             return ConfigError(f"train setting {what}")
 
         self._check_phpg(bad)
-
-        choices = {"prompting": ("multi", "single"), "box_noise": ("medsam", "sam", "none"),
-                   "loss": ("dice+bce", "dice+focal"), "prompt_reduction": ("mean", "max"),
-                   "val_split": ("train", "val", "test"), "pruning": ("none", "class", "global", "random")}
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise bad(f"{key}={getattr(self, key)!r}: use one of {', '.join(allowed)}")
-        positive = ("max_prompts_per_slice", "steps", "batch_size", "grad_accum", "checkpoint_every", "eval_every")
-        for key in positive:
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise bad(f"{key}={value!r}: use an integer >= 1")
-        for key in ("warmup_steps", "seed", "lora_rank"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise bad(f"{key}={value!r}: use an integer >= 0")
-        non_negative = ("lora_alpha", "organ_box_shift_px", "lesion_box_shift_px", "box_shift_max_fraction",
-                        "sam_noise_std", "iou_weight", "weight_decay", "grad_clip")
-        for key in non_negative:
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise bad(f"{key}={value!r}: use a number >= 0")
+        self.check_run_settings(bad)
+        check_choices(self, {"prompting": ("multi", "single"), "box_noise": ("medsam", "sam", "none"),
+                             "loss": ("dice+bce", "dice+focal"), "prompt_reduction": ("mean", "max"),
+                             "pruning": ("none", "class", "global", "random")}, bad)
+        check_integers(self, ("max_prompts_per_slice",), 1, bad)
+        check_integers(self, ("lora_rank",), 0, bad)
+        check_numbers(self, ("lora_alpha", "organ_box_shift_px", "lesion_box_shift_px", "box_shift_max_fraction",
+                             "sam_noise_std", "iou_weight"), bad)
         if self.loss_size is not None and (
             isinstance(self.loss_size, bool) or not isinstance(self.loss_size, int) or self.loss_size < 8
         ):
             raise bad(f"loss_size={self.loss_size!r}: use an integer >= 8 (pixels; capped at the model frame) or null")
-        if not isinstance(self.lr, (int, float)) or not self.lr > 0:
-            raise bad(f"lr={self.lr!r}: use a positive number, e.g. 1e-4")
-        for key in ("min_lr_fraction", "prune_anneal_fraction", "prune_min_class_share", "prune_rare_class_share"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-                raise bad(f"{key}={value!r}: use a fraction between 0 and 1")
-        if isinstance(self.prune_ratio, bool) or not isinstance(self.prune_ratio, (int, float)) or not (
-            0 <= self.prune_ratio <= 1
-        ):
-            raise bad(f"prune_ratio={self.prune_ratio!r}: use a fraction between 0 and 1")
+        check_numbers(self, ("prune_ratio", "prune_anneal_fraction", "prune_min_class_share",
+                             "prune_rare_class_share"), bad, fraction=True)
         if isinstance(self.prune_protected_classes, str):
             self.prune_protected_classes = [c.strip() for c in self.prune_protected_classes.split(",") if c.strip()]
         if isinstance(self.lesion_classes, str):
             self.lesion_classes = [c.strip() for c in self.lesion_classes.split(",") if c.strip()]
-        self.data = str(self.data)
 
     def _check_phpg(self, bad) -> None:
         """The ``objective`` and ``phpg_*`` settings (behaviour names against the simulators' registry)."""
@@ -349,18 +380,10 @@ class FinetuneConfig:
 
         if self.objective not in ("multi-prompt", "phpg"):
             raise bad(f"objective={self.objective!r}: use one of multi-prompt, phpg")
-        for key in ("phpg_correction_rounds", "phpg_mask_only_rounds"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise bad(f"{key}={value!r}: use an integer >= 0")
-        if not isinstance(self.phpg_error_head, bool):
-            raise bad(f"phpg_error_head={self.phpg_error_head!r}: use true or false")
-        for key in ("phpg_guidance_mix", "phpg_error_weight"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or (
-                key == "phpg_guidance_mix" and value > 1
-            ):
-                raise bad(f"{key}={value!r}: use a number >= 0" + (" and <= 1" if key == "phpg_guidance_mix" else ""))
+        check_integers(self, ("phpg_correction_rounds", "phpg_mask_only_rounds"), 0, bad)
+        check_flags(self, ("phpg_error_head",), bad)
+        check_numbers(self, ("phpg_error_weight",), bad)
+        check_numbers(self, ("phpg_guidance_mix",), bad, fraction=True)
         registries = (("phpg_first_weights", FIRST_BEHAVIOURS), ("phpg_correction_weights", CORRECTION_BEHAVIOURS))
         for key, known in registries:
             value = getattr(self, key)
@@ -378,7 +401,7 @@ class FinetuneConfig:
 
 
 @dataclasses.dataclass
-class PromiseConfig:
+class PromiseConfig(RunConfig):
     """``samadapt adapt``: ProMISe with SAM frozen: an auto-prompting module (APM) and/or incremental pattern
     shifting (IPS) trained on a prepared dataset from its embedding cache (docs/promise.md).
 
@@ -399,17 +422,19 @@ class PromiseConfig:
     decoder width).
 
     Loss: BCE + (1 - soft Dice) on the decoder's low-res masks against area-downsampled ground truth, per
-    prompted mask, averaged; the decoder runs with multimask output and the first mask is taken
-    (``multimask_output``, ProMISe's choice; false: the single-mask output). Automatic modes prompt every
-    class present on a slice (the union of its instances); ``ips`` prompts every object.
+    prompted mask, averaged. ``multimask_output`` picks the decoder output the shift trains for: true,
+    SAM's multimask output and its first mask (ProMISe's choice), or false, the single-mask output. Left
+    unset it follows the mode: true with an APM (on the phantoms, automatic Dice 46.4 vs 40.1 single-mask),
+    false for ``ips`` (box-prompt Dice 68.9 vs 61.3 multimask, frozen SAM 69.4; docs/promise.md). Automatic
+    modes prompt every class present on a slice (the union of its instances); ``ips`` prompts every object.
 
-    Engine (:mod:`samadapt.training.engine`): AdamW (``weight_decay`` 0: the paper's Adam), warm-up then
-    cosine to ``min_lr_fraction``, ``batch_size`` slices per micro-batch, ``grad_accum``, clipping, autocast
-    on CUDA only (``amp``), checkpoints, validation on ``val_split`` every ``eval_every`` steps.
+    Engine (:class:`RunConfig`): batch 8 slices, lr 1e-3, ``weight_decay`` 0 (the paper's Adam); validation
+    by the automatic Dice (with an APM) or the prompted Dice (``ips``).
     """
 
-    data: str = ""  # the prepared dataset folder (set by `samadapt adapt PREPARED`)
-    model: str = "tiny"
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 0.0
     mode: str = "apm+ips"
     classes: list[str] | None = None
     apm_kind: str = "resnet"
@@ -423,59 +448,29 @@ class PromiseConfig:
     ips_prompts: str = "mixed"
     negative_margin: float = 0.5
     promptable_weight: float = 1.0  # apm+ips: weight of the ground-truth-prompt loss that keeps IPS promptable
-    multimask_output: bool = True
-    steps: int = 300
-    batch_size: int = 8
-    grad_accum: int = 1
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    warmup_steps: int = 20
-    min_lr_fraction: float = 0.05
-    grad_clip: float = 1.0
-    amp: bool = True
-    seed: int = 0
-    checkpoint_every: int = 50
-    eval_every: int = 50
-    val_split: str = "val"
-    device: str = "cpu"
+    multimask_output: bool | None = None  # None: true with an APM, false for mode ips (see the docstring)
+    lr_example: ClassVar[str] = "1e-3"
 
     def __post_init__(self) -> None:
         def bad(what: str) -> ConfigError:
             return ConfigError(f"adapt setting {what}")
 
-        choices = {"mode": ("apm", "ips", "apm+ips"), "apm_kind": ("resnet", "cross_attention"),
-                   "apm_size": ("auto", "small", "paper"), "apm_init": ("prior", "centre"),
-                   "ips_prompts": ("points", "box", "mixed"), "val_split": ("train", "val", "test")}
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise bad(f"{key}={getattr(self, key)!r}: use one of {', '.join(allowed)}")
-        for key in ("num_points", "steps", "batch_size", "grad_accum", "checkpoint_every", "eval_every"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise bad(f"{key}={value!r}: use an integer >= 1")
-        for key in ("num_positive", "ips_hidden", "warmup_steps", "seed"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise bad(f"{key}={value!r}: use an integer >= 0")
+        self.check_run_settings(bad)
+        check_choices(self, {"mode": ("apm", "ips", "apm+ips"), "apm_kind": ("resnet", "cross_attention"),
+                             "apm_size": ("auto", "small", "paper"), "apm_init": ("prior", "centre"),
+                             "ips_prompts": ("points", "box", "mixed")}, bad)
+        check_integers(self, ("num_points",), 1, bad)
+        check_integers(self, ("num_positive", "ips_hidden"), 0, bad)
         if self.num_positive > self.num_points:
             raise bad(f"num_positive={self.num_positive}: at most num_points ({self.num_points})")
-        for key in ("presence_weight", "negative_margin", "promptable_weight", "weight_decay", "grad_clip"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise bad(f"{key}={value!r}: use a number >= 0")
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
-            raise bad(f"lr={self.lr!r}: use a positive number, e.g. 1e-3")
-        value = self.min_lr_fraction
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-            raise bad(f"min_lr_fraction={value!r}: use a fraction between 0 and 1")
-        for key in ("presence_head", "multimask_output", "amp"):
-            if not isinstance(getattr(self, key), bool):
-                raise bad(f"{key}={getattr(self, key)!r}: use true or false")
+        check_numbers(self, ("presence_weight", "negative_margin", "promptable_weight"), bad)
+        if self.multimask_output is None:
+            self.multimask_output = self.has_apm
+        check_flags(self, ("presence_head", "multimask_output"), bad)
         if isinstance(self.classes, str):
             self.classes = [c.strip() for c in self.classes.split(",") if c.strip()]
         if self.classes is not None and (not self.classes or not all(isinstance(c, str) for c in self.classes)):
             raise bad(f"classes={self.classes!r}: give a list of class names, e.g. [liver,spleen]")
-        self.data = str(self.data)
 
     @property
     def has_apm(self) -> bool:

@@ -9,6 +9,7 @@ folder reuses the phantoms, the prepared data, the embedding cache and finished 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from samadapt.promise import load_adapter
 from samadapt.promise.adapt import adapt
 from samadapt.promise.predict import predict_automatic_split
 from samadapt.training.finetune import CONFIG_FILE, finetune, prepare_run_folder, validation_dice
+from samadapt.training.slice_data import training_slices
 
 METHODS_PENDING = "all three are here: multi-prompt fine-tuning, PHPG + CBDP and ProMISe (SAM frozen)"
 
@@ -44,10 +46,13 @@ class DemoPlan:
     train_steps: int = 240
     eval_every: int = 40
     seed: int = 0
+    # PHPG + CBDP: full-data epochs (CBDP needs three: the first is whole, the last anneals), one correction
+    # round and no mask-only round (CPU-sized), every well-learned slice pruned (docs/training.md)
+    cbdp_epochs: int = 3
 
     @classmethod
     def for_mode(cls, fast: bool) -> DemoPlan:
-        return cls(cases=8, train_steps=80, eval_every=20) if fast else cls(cases=16)
+        return cls(cases=8, train_steps=80, eval_every=20) if fast else cls(cases=12)
 
     @property
     def promise_steps(self) -> int:
@@ -156,9 +161,10 @@ def run_demo(
                                          bars, f"{prompting}-prompt FT")
         methods.append(method)
         tuned_predictions.append(predictions)
-    phpg = FinetuneConfig(data=str(prepared.root), model=model, objective="phpg", pruning="class",
-                          steps=max(2, plan.train_steps // 2), eval_every=plan.eval_every,
-                          checkpoint_every=plan.eval_every, device=device, seed=plan.seed)
+    epoch_steps = math.ceil(len(training_slices(prepared, "train")) / FinetuneConfig.batch_size)
+    phpg = FinetuneConfig(data=str(prepared.root), model=model, objective="phpg", pruning="class", prune_ratio=1.0,
+                          phpg_correction_rounds=1, phpg_mask_only_rounds=0, steps=plan.cbdp_epochs * epoch_steps,
+                          eval_every=plan.eval_every, checkpoint_every=plan.eval_every, device=device, seed=plan.seed)
     methods.append(_fine_tune(out / "runs" / "phpg-cbdp", phpg, loaded, prepared, cache, bars, "PHPG + CBDP FT")[0])
     promise = PromiseConfig(data=str(prepared.root), model=model, steps=plan.promise_steps,
                             eval_every=plan.promise_steps, checkpoint_every=plan.eval_every, device=device,
@@ -176,10 +182,10 @@ def run_demo(
         f"Fine-tuning: the mask decoder, {plan.train_steps} steps of 4 training slices each, boxes from the "
         "ground truth with MedSAM-style outward shifts; single-prompt prompts one random object per slice, "
         "multi-prompt every object of the slice at once (the same steps, so it sees more objects). PHPG + CBDP: "
-        f"half the full-data epochs ({max(2, plan.train_steps // 2)} steps' worth) of PHPG prompting (simulated "
-        "users' boxes and clicks plus correction rounds; docs/phpg.md) with class-balanced data pruning, scored "
-        "here with tight boxes like the rest (`samadapt eval --protocol interactive,robustness` for its own "
-        "strengths).",
+        f"{plan.cbdp_epochs} full-data epochs of PHPG prompting (simulated users' boxes and clicks plus one "
+        "correction round; docs/phpg.md) with class-balanced data pruning of every well-learned slice (the first "
+        "epoch is whole, the last anneals; the cost table says how many iterations it took), scored here with "
+        "tight boxes like the rest (`samadapt eval --protocol interactive,robustness` for its own strengths).",
         f"ProMISe: SAM frozen, {plan.promise_steps} steps of 8 training slices of APM + IPS (docs/promise.md); its "
         "rows are automatic (no prompt at all): each object's row scores the class's mask, so multi-instance "
         "lesions are judged as one class mask (`samadapt eval --prompts auto` has the full protocol).",

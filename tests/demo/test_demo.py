@@ -78,6 +78,9 @@ def test_report_has_tables_plots_and_overlays(demo_run):
     assert (report / "dice_vs_iterations.png").stat().st_size > 1000
     phpg = summary_json["PHPG + CBDP FT"]
     assert phpg["iterations"] >= 1 and "CBDP" in phpg["notes"]
+    pruning = json.loads((out / "runs" / "phpg-cbdp" / "pruning.json").read_text())
+    assert len(pruning["epochs"]) == PLAN.cbdp_epochs and pruning["iterations"] == phpg["iterations"]
+    assert pruning["iterations"] < pruning["iterations_full_data"]  # the middle epoch was pruned
     assert (out / "runs" / "phpg-cbdp" / "error_head.pth").is_file()
     promise = summary_json["ProMISe APM+IPS (auto)"]
     assert promise["iterations"] == PLAN.promise_steps and "SAM frozen" in promise["notes"]

@@ -42,6 +42,17 @@ def phantom_labels(phantom_files) -> np.ndarray:
 
 
 @pytest.fixture(scope="session")
+def two_discs() -> np.ndarray:
+    """A 100 x 150 grey image (non-square: the model frame pads rows) with two bright discs, so that masks are
+    neither trivially empty nor full."""
+    yy, xx = np.mgrid[:100, :150]
+    picture = np.full((100, 150), 40, np.uint8)
+    picture[(yy - 40) ** 2 + (xx - 40) ** 2 < 20**2] = 200
+    picture[(yy - 60) ** 2 + (xx - 110) ** 2 < 15**2] = 150
+    return picture
+
+
+@pytest.fixture(scope="session")
 def tiny():
     return load_model("tiny")
 
@@ -72,3 +83,26 @@ def voxel_box():
         return [int(x.min()), int(y.min()), int(z.min()), int(x.max()), int(y.max()), int(z.max())]
 
     return corners
+
+
+def _write_adapter_run(root: Path, checkpoint: Path, loaded, has_apm: bool) -> Path:
+    """An untrained ProMISe adapter (classes liver, spleen) of ``loaded`` in ``root``, its IPS shift non-zero."""
+    from samadapt.promise import AdapterSpec, PromiseAdapter, save_adapter
+    from samadapt.promise.adapter import sam_digest
+
+    spec = loaded.spec
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        adapter = PromiseAdapter(AdapterSpec(
+            classes=("liver", "spleen"), image_size=spec.image_size, feature_dim=spec.encoder_embed_dim,
+            feature_levels=3, grid=spec.embedding_size, transformer_dim=spec.prompt_embed_dim, num_mask_tokens=4,
+            has_apm=has_apm, has_ips=True), base_model=str(checkpoint), base_digest=sam_digest(loaded.sam))
+        torch.nn.init.normal_(adapter.ips.mlp[2].weight, std=0.5)  # IPS starts at zero shift: make it matter
+    save_adapter(adapter, root / "adapter.pt")
+    return root
+
+
+@pytest.fixture(scope="session")
+def write_adapter_run():
+    """``(root, checkpoint, loaded, has_apm) -> root``: writes an untrained adapter with a non-zero IPS shift."""
+    return _write_adapter_run

@@ -15,29 +15,15 @@ from samadapt.inference.decode import decode
 from samadapt.inference.segmenter import Segmenter
 from samadapt.inference.volume_segmentation import AutoSettings, segment_volume_auto
 from samadapt.models.embedding_cache import encode_slices
-from samadapt.promise import AdapterSpec, PromiseAdapter, decode_with_shift, save_adapter
-from samadapt.promise.adapter import sam_digest
+from samadapt.promise import decode_with_shift
 
 H, W = 48, 64
 
 
-def _adapter_run(root: Path, checkpoint: Path, loaded, has_apm: bool) -> Path:
-    spec = loaded.spec
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(1)
-        adapter = PromiseAdapter(AdapterSpec(
-            classes=("liver", "spleen"), image_size=spec.image_size, feature_dim=spec.encoder_embed_dim,
-            feature_levels=3, grid=spec.embedding_size, transformer_dim=spec.prompt_embed_dim, num_mask_tokens=4,
-            has_apm=has_apm, has_ips=True), base_model=str(checkpoint), base_digest=sam_digest(loaded.sam))
-        torch.nn.init.normal_(adapter.ips.mlp[2].weight, std=0.5)  # IPS starts at zero shift: make it matter
-    save_adapter(adapter, root / "adapter.pt")
-    return root
-
-
 @pytest.fixture(scope="module")
-def adapter_run(micro_run, tmp_path_factory) -> Path:
+def adapter_run(micro_run, tmp_path_factory, write_adapter_run) -> Path:
     loaded = Segmenter.from_model(micro_run).loaded
-    return _adapter_run(tmp_path_factory.mktemp("adapter"), micro_run / "model.pth", loaded, has_apm=True)
+    return write_adapter_run(tmp_path_factory.mktemp("adapter"), micro_run / "model.pth", loaded, has_apm=True)
 
 
 @pytest.fixture(scope="module")
@@ -90,13 +76,13 @@ def test_an_adapter_refuses_another_sam(adapter_run):
         Segmenter.from_model("test_micro", adapter=adapter_run)  # same architecture, other weights
 
 
-def test_automatic_mode_needs_an_adapter_with_an_apm(micro_run, tmp_path, image):
+def test_automatic_mode_needs_an_adapter_with_an_apm(micro_run, tmp_path, image, write_adapter_run):
     plain = Segmenter.from_model(micro_run)
     plain.set_image(image)
     with pytest.raises(ConfigError, match="adapter"):
         plain.predict_auto()
     loaded = plain.loaded
-    ips_only = Segmenter.from_model(None, adapter=_adapter_run(tmp_path, micro_run / "model.pth", loaded, False))
+    ips_only = Segmenter.from_model(None, adapter=write_adapter_run(tmp_path, micro_run / "model.pth", loaded, False))
     ips_only.set_image(image)
     assert not ips_only.has_auto
     with pytest.raises(ConfigError, match="APM"):

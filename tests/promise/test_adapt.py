@@ -44,6 +44,7 @@ def test_sam_is_bit_identical_and_only_the_adapter_is_optimised(promise_config, 
     assert all(n.startswith(("apm.", "ips.")) for n in names)
     assert any(n.startswith("apm.") for n in names) == ("apm" in mode)
     assert any(n.startswith("ips.") for n in names) == ("ips" in mode)
+    assert adapter.multimask == ("apm" in mode)  # the mode's default decoder output, recorded in the adapter
     optimised = [p for group in state["optimizer"]["param_groups"] for p in group["params"]]
     assert len(optimised) == len(names) == len(state["optimizer"]["state"])
     assert sum(p.numel() for p in adapter.parameters()) == result.trainable_parameters
@@ -53,6 +54,14 @@ def test_sam_is_bit_identical_and_only_the_adapter_is_optimised(promise_config, 
     assert sidecar["training"]["steps"] == 3 and sidecar["training"]["seconds_per_epoch"] > 0
     assert not list((tmp_path / "run").glob("*.pth"))  # no SAM weights written
     assert (tmp_path / "run" / "config.yaml").is_file() and (tmp_path / "run" / "best_adapter.pt").is_file()
+
+
+def test_decoder_output_default_follows_the_mode_and_can_be_set():
+    assert PromiseConfig(mode="apm+ips").multimask_output is True
+    assert PromiseConfig(mode="apm").multimask_output is True
+    assert PromiseConfig(mode="ips").multimask_output is False
+    assert PromiseConfig(mode="ips", multimask_output=True).multimask_output is True
+    assert PromiseConfig(mode="apm+ips", multimask_output=False).multimask_output is False
 
 
 def test_a_short_run_lowers_the_loss(tiny_prepared, tmp_path):

@@ -78,6 +78,20 @@ def test_box_to_mask_to_downloaded_nifti(client, data_dir):
     assert nothing.status_code == 409 and nothing.json() == {"detail": "nothing to undo"}
 
 
+def test_onnx_decoding_serves_the_same_masks(client, tiny, data_dir):
+    pytest.importorskip("onnxruntime")
+    app = create_app(tiny, ServeSettings(data_dir=data_dir, decoder="onnx"), allowed_hosts=["testserver"])
+    box, k = _liver_box(data_dir, 9), 9
+    click = {"slice": k, "box": box, "points": [[box[0] + 8, box[1] + 8]], "labels": [1]}
+    masks = []
+    for test_client in (client, TestClient(app, raise_server_exceptions=False)):
+        sid = _open(test_client)["id"]
+        answer = test_client.post(f"/api/volumes/{sid}/predict", json=click)
+        assert answer.status_code == 200, answer.text
+        masks.append(from_run_lengths(answer.json()["mask"]).astype(bool))
+    assert masks[0].sum() > 0 and (masks[0] != masks[1]).sum() <= 2  # float noise may flip a boundary pixel
+
+
 @pytest.mark.parametrize("path", ["../secret.nii.gz", "ct/../../secret.nii.gz", "/etc/passwd", "ct/escape.nii.gz",
                                   "..\\secret.nii.gz"])
 def test_paths_outside_the_data_folder_are_refused(client, path, data_dir):
@@ -218,3 +232,13 @@ def test_serve_refuses_a_missing_data_folder(tmp_path):
 
     result = CliRunner().invoke(app, ["serve", "--data", str(tmp_path / "nowhere"), "--model", "test_micro"])
     assert result.exit_code == 2 and "data folder does not exist" in result.stderr
+
+
+@pytest.mark.parametrize("args", [["--decoder", "tensorrt"], ["--decoder", "onnx", "--device", "cuda"]])
+def test_serve_refuses_decoders_it_cannot_run(tmp_path, args):
+    from typer.testing import CliRunner
+
+    from samadapt.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "--model", "test_micro", *args])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1 and "--decoder" in result.stderr

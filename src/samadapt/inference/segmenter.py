@@ -112,11 +112,19 @@ class Segmenter:
             use its IPS shift too (the adapted model stays promptable) and :meth:`predict_auto` works
             where it has an APM. It must belong to ``loaded`` (checked by :meth:`from_model`).
         encode_batch_size: slices per encoder call in :meth:`embed`.
+        onnx: an :class:`~samadapt.inference.onnx_decoding.OnnxDecoding` of the same model and adapter to
+            run :meth:`predict`'s decoder in onnxruntime (CPU only; 2-3x faster per click than eager torch on
+            a CPU), or None for torch. The image encoder and :meth:`predict_auto` stay in torch.
     """
 
     def __init__(self, loaded: LoadedModel, device: str | torch.device = "cpu",
-                 max_cached_slices: int = DEFAULT_CACHED_SLICES, adapter: Any = None, encode_batch_size: int = 8):
+                 max_cached_slices: int = DEFAULT_CACHED_SLICES, adapter: Any = None, encode_batch_size: int = 8,
+                 onnx: Any = None):
         self.device = resolve_device(device)
+        if onnx is not None and self.device.type != "cpu":
+            raise ConfigError(f"onnxruntime decoding runs on the CPU, not {self.device}; "
+                              "use device cpu, or decode with torch")
+        self.onnx = onnx
         self.loaded = loaded
         self.loaded.sam.to(self.device).eval()
         self.adapter = adapter
@@ -310,7 +318,9 @@ class Segmenter:
                     "boxes": None if model_boxes is None else model_boxes[rows].to(self.device),
                     "mask_logits": None if masks_in is None else masks_in.to(self.device),
                 }
-                if self.adapter is not None and self.adapter.has_ips:
+                if self.onnx is not None:
+                    low_res, iou = self.onnx(emb, **prompts)
+                elif self.adapter is not None and self.adapter.has_ips:
                     low_res, iou = shifted_decode(self.adapter, self.sam, emb, **prompts)
                 else:
                     low_res, iou = decode(self.sam, emb, **prompts)

@@ -117,6 +117,11 @@ def create_app(loaded: LoadedModel, settings: ServeSettings | None = None, adapt
     ``allowed_hosts``: accepted ``Host`` header names (default: loopback names; tests add ``testserver``).
     """
     settings = settings or ServeSettings()
+    onnx = None
+    if settings.decoder == "onnx":  # one exported graph for every session
+        from samadapt.inference.onnx_decoding import OnnxDecoding
+
+        onnx = OnnxDecoding(loaded, adapter)
     data = DataFolder(settings.data_dir) if settings.data_dir is not None else None
     store = SessionStore(settings.max_sessions)
     upload_dir = Path(tempfile.mkdtemp(prefix="samadapt-uploads-"))
@@ -185,7 +190,7 @@ def create_app(loaded: LoadedModel, settings: ServeSettings | None = None, adapt
             except SamadaptError as err:  # name the file as the client knows it
                 raise type(err)(str(err).replace(str(path), name)) from None
             with store.lock:
-                created = store.add(VolumeSession(name, volume, loaded, adapter, settings, owned))
+                created = store.add(VolumeSession(name, volume, loaded, adapter, settings, owned, onnx))
                 return created.describe()
         except BaseException:
             if owned is not None:

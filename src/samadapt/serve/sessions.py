@@ -69,6 +69,8 @@ class ServeSettings:
     - ``max_cached_slices``: embedding cache per session (slices).
     - ``undo_depth``: commits that can be undone per session.
     - ``device``: torch device of the model.
+    - ``decoder``: ``torch``, or ``onnx`` to run every click's decoder in onnxruntime (CPU; see
+      :mod:`samadapt.inference.onnx_decoding`).
     """
 
     data_dir: Path | None = None
@@ -78,6 +80,7 @@ class ServeSettings:
     max_cached_slices: int = 64
     undo_depth: int = 50
     device: str = "cpu"
+    decoder: str = "torch"
 
 
 def read_checked_volume(path: Path, max_voxels: int, shown_name: str) -> Volume:
@@ -94,12 +97,12 @@ class VolumeSession:
     """An opened volume; every method runs under the session store's compute lock (see :class:`SessionStore`)."""
 
     def __init__(self, name: str, volume: Volume, loaded: LoadedModel, adapter: Any, settings: ServeSettings,
-                 owned_file: Path | None = None):
+                 owned_file: Path | None = None, onnx: Any = None):
         self.id = uuid.uuid4().hex
         self.name = name
         self.volume = volume
         self.modality = guess_modality(volume.array)
-        self.segmenter = Segmenter(loaded, settings.device, settings.max_cached_slices, adapter)
+        self.segmenter = Segmenter(loaded, settings.device, settings.max_cached_slices, adapter, onnx=onnx)
         self.settings = settings
         self.owned_file = owned_file
         self.default_window = "abdomen" if self.modality == "CT" else "percentiles"
