@@ -20,47 +20,25 @@ from __future__ import annotations
 
 import statistics
 import sys
-import time
 from pathlib import Path
-
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_foundation import machine  # noqa: E402
-from phantom_workbench import embedded_phantoms, phantom_arguments  # noqa: E402
+from phantom_workbench import embedded_phantoms, phantom_arguments, timed_training_steps  # noqa: E402
 from samadapt.config import FinetuneConfig  # noqa: E402
 from samadapt.io.atomic import write_json_atomic  # noqa: E402
 from samadapt.training.finetune import objective_from_config, trainable_parameters  # noqa: E402
-from samadapt.training.slice_data import load_slice, training_slices  # noqa: E402
+from samadapt.training.slice_data import training_slices  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "multi_prompt_speed.json"
 SLICES_PER_STEP = 4
 
 
-def time_steps(loaded, prepared, cache, pool, config: FinetuneConfig, steps: int, seed: int) -> dict:
+def time_steps(loaded, prepared, cache, pool, config: FinetuneConfig, steps: int, seed: int) -> list[dict]:
     """Run ``steps`` training steps of ``config`` on slices of ``pool``; per-step seconds by phase."""
     named = trainable_parameters(loaded, train_prompt_encoder=False)
-    optimizer = torch.optim.AdamW(named.values(), lr=1e-5)
-    objective = objective_from_config(config)
-    generator = torch.Generator().manual_seed(seed)
-    rows = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        picks = torch.randint(0, len(pool), (SLICES_PER_STEP,), generator=generator).tolist()
-        samples = [load_slice(prepared, cache, pool[i], config.is_lesion) for i in picks]
-        data_s = time.perf_counter() - t0
-        losses, prompts, prompt_s = [], 0.0, 0.0
-        for sample in samples:
-            loss, stats = objective.slice_loss(loaded.sam, sample, generator)
-            losses.append(loss)
-            prompts += stats["prompts"]
-            prompt_s += stats["prompt_s"]
-        optimizer.zero_grad(set_to_none=True)
-        torch.stack(losses).mean().backward()
-        optimizer.step()
-        rows.append({"step_s": time.perf_counter() - t0, "data_s": data_s, "prompt_s": prompt_s,
-                     "objects": prompts})
-    return rows
+    return timed_training_steps(loaded, prepared, cache, pool, objective_from_config(config), list(named.values()),
+                                config.is_lesion, SLICES_PER_STEP, steps, seed)
 
 
 def main() -> None:
@@ -88,7 +66,7 @@ def main() -> None:
     result = {}
     for name, rows in timings.items():
         step_s = statistics.median(r["step_s"] for r in rows)
-        objects = statistics.mean(r["objects"] for r in rows)
+        objects = statistics.mean(r["prompts"] for r in rows)
         outside = statistics.median((r["data_s"] + r["prompt_s"]) / r["step_s"] for r in rows)
         result[name] = {"objects_per_step": round(objects, 2), "median_step_s": round(step_s, 4),
                         "objects_per_s": round(objects / step_s, 1), "outside_decoder_fraction": round(outside, 3),

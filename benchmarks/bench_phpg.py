@@ -21,19 +21,16 @@ from __future__ import annotations
 
 import statistics
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_foundation import machine  # noqa: E402
-from phantom_workbench import embedded_phantoms, phantom_arguments  # noqa: E402
+from phantom_workbench import embedded_phantoms, phantom_arguments, timed_training_steps  # noqa: E402
 from samadapt.config import FinetuneConfig  # noqa: E402
 from samadapt.io.atomic import write_json_atomic  # noqa: E402
 from samadapt.training.finetune import objective_from_config, trainable_parameters  # noqa: E402
-from samadapt.training.slice_data import load_slice, training_slices  # noqa: E402
+from samadapt.training.slice_data import training_slices  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "phpg_speed.json"
 ROUNDS = {"cpu_default_2+1": (2, 1), "sam_recipe_8+2": (8, 2)}
@@ -44,24 +41,8 @@ def time_steps(loaded, prepared, cache, pool, objective, slices_per_step: int, s
     named = trainable_parameters(loaded, train_prompt_encoder=False)
     if objective.error_head is not None:
         named.update({f"error_head.{n}": p for n, p in objective.error_head.named_parameters()})
-    optimizer = torch.optim.AdamW(named.values(), lr=1e-5)
-    generator = torch.Generator().manual_seed(seed)
-    rows = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        picks = torch.randint(0, len(pool), (slices_per_step,), generator=generator).tolist()
-        samples = [load_slice(prepared, cache, pool[i], FinetuneConfig().is_lesion) for i in picks]
-        losses, regions, prompt_s = [], 0.0, 0.0
-        for sample in samples:
-            loss, stats = objective.slice_loss(loaded.sam, sample, generator)
-            losses.append(loss)
-            regions += stats["prompts"]
-            prompt_s += stats["prompt_s"]
-        optimizer.zero_grad(set_to_none=True)
-        torch.stack(losses).mean().backward()
-        optimizer.step()
-        rows.append({"step_s": time.perf_counter() - t0, "regions": regions, "prompt_s": prompt_s})
-    return rows
+    return timed_training_steps(loaded, prepared, cache, pool, objective, list(named.values()),
+                                FinetuneConfig().is_lesion, slices_per_step, steps, seed)
 
 
 def main() -> None:
@@ -92,7 +73,7 @@ def main() -> None:
     result = {}
     for name, rows in timings.items():
         step_s = statistics.median(r["step_s"] for r in rows)
-        regions = statistics.mean(r["regions"] for r in rows)
+        regions = statistics.mean(r["prompts"] for r in rows)
         result[name] = {"regions_per_step": regions, "median_step_s": round(step_s, 4),
                         "regions_per_s": round(regions / step_s, 2),
                         "prompt_fraction": round(statistics.median(r["prompt_s"] / r["step_s"] for r in rows), 3),

@@ -24,8 +24,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_foundation import machine  # noqa: E402
-from phantom_workbench import embedded_phantoms, phantom_arguments  # noqa: E402
-from samadapt.config import FinetuneConfig, make_config, parse_overrides  # noqa: E402
+from phantom_workbench import add_set_option, embedded_phantoms, phantom_arguments, set_overrides  # noqa: E402
+from samadapt.config import FinetuneConfig, make_config  # noqa: E402
 from samadapt.evaluation.box_protocol import predict_with_boxes, score_predictions  # noqa: E402
 from samadapt.evaluation.figures import pyplot, save_figure  # noqa: E402
 from samadapt.evaluation.metrics import per_class_mean  # noqa: E402
@@ -46,8 +46,7 @@ def main() -> None:
     parser.add_argument("--split", type=float, nargs=3, default=[0.5, 0.1, 0.4],
                         metavar=("TRAIN", "VAL", "TEST"), help="case split fractions")
     parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra FinetuneConfig setting for every run, the reference too (repeatable)")
+    add_set_option(parser, "extra FinetuneConfig setting for every run, the reference too (repeatable)")
     args = parser.parse_args()
     work, loaded, prepared, cache = embedded_phantoms(args.work, args.model, args.cases,
                                                       split=tuple(args.split))
@@ -55,8 +54,7 @@ def main() -> None:
     steps = args.epochs * n_train // args.batch_size
     lesion = FinetuneConfig().is_lesion
     runs = {}
-    extra = parse_overrides(args.overrides)
-    tag = "".join(f"-{k}={v}" for k, v in sorted(extra.items()))
+    extra, tag = set_overrides(args.overrides)
     for policy in ["none"] + [p for p in args.policies if p != "none"]:  # the reference always runs
         pruned = {"prune_ratio": args.prune_ratio} if policy != "none" else {}
         config = make_config(FinetuneConfig, {

@@ -22,8 +22,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_foundation import machine  # noqa: E402
-from phantom_workbench import embedded_phantoms, phantom_arguments  # noqa: E402
-from samadapt.config import FinetuneConfig, config_to_dict, make_config, parse_overrides  # noqa: E402
+from phantom_workbench import add_set_option, embedded_phantoms, phantom_arguments, set_overrides  # noqa: E402
+from samadapt.config import FinetuneConfig, config_to_dict, make_config  # noqa: E402
 from samadapt.evaluation.model_comparison import evaluate_models  # noqa: E402
 from samadapt.io.atomic import write_json_atomic  # noqa: E402
 from samadapt.training.finetune import finetune, prepare_run_folder  # noqa: E402
@@ -34,11 +34,9 @@ RESULTS = Path(__file__).resolve().parent / "results" / "multi_prompt_phantoms.j
 def main() -> None:
     parser = phantom_arguments(__doc__.splitlines()[0], cases=24, out=RESULTS)
     parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra FinetuneConfig setting of both runs (repeatable)")
+    add_set_option(parser, "extra FinetuneConfig setting of both runs (repeatable)")
     args = parser.parse_args()
-    extra = parse_overrides(args.overrides)
-    tag = "".join(f"-{k}={v}" for k, v in sorted(extra.items()))
+    extra, tag = set_overrides(args.overrides)
     work, _, prepared, _ = embedded_phantoms(args.work, args.model, args.cases)
     models, runs = [args.model], {}
     for prompting in ("single", "multi"):

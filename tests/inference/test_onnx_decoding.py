@@ -12,11 +12,6 @@ from samadapt.inference.segmenter import Segmenter
 pytest.importorskip("onnxruntime")
 
 
-@pytest.fixture(scope="module")
-def image(two_discs) -> np.ndarray:
-    return two_discs
-
-
 def _pair(loaded, image, adapter=None) -> tuple[Segmenter, Segmenter]:
     plain = Segmenter(loaded, adapter=adapter)
     fast = Segmenter(loaded, adapter=adapter, onnx=OnnxDecoding(loaded, adapter))
@@ -31,12 +26,12 @@ def _same(a, b) -> None:
     assert (a.masks != b.masks).mean() < 1e-3  # only pixels with a logit within float noise of 0 may flip
 
 
-def test_tiny_boxes_clicks_masks_and_multimask_match_torch(tiny, image):
-    plain, fast = _pair(tiny, image)
+def test_tiny_boxes_clicks_masks_and_multimask_match_torch(tiny, two_discs):
+    plain, fast = _pair(tiny, two_discs)
     boxes = [[20, 20, 60, 60], [95, 45, 125, 75]]
     points, labels = [[[40, 40], [110, 60]], [[100, 50], [5, 5]]], [[1, 0], [1, -1]]
     first = plain.predict(boxes=boxes)
-    assert 0 < first.masks[0, 0].sum() < image.size
+    assert 0 < first.masks[0, 0].sum() < two_discs.size
     _same(first, fast.predict(boxes=boxes))
     _same(plain.predict(points=points, labels=labels), fast.predict(points=points, labels=labels))
     _same(plain.predict(boxes=boxes, points=points, labels=labels),
@@ -48,13 +43,13 @@ def test_tiny_boxes_clicks_masks_and_multimask_match_torch(tiny, image):
     _same(three, fast.predict(points=points[:1], labels=labels[:1], multimask=True))
 
 
-def test_the_adapters_ips_shift_is_inside_the_graph(micro_run, tmp_path, image, write_adapter_run):
+def test_the_adapters_ips_shift_is_inside_the_graph(micro_run, tmp_path, two_discs, write_adapter_run):
     base = Segmenter.from_model(micro_run).loaded
     run = write_adapter_run(tmp_path, micro_run / "model.pth", base, has_apm=False)
     adapted = Segmenter.from_model(None, adapter=run)
-    plain, fast = _pair(adapted.loaded, image, adapted.adapter)
+    plain, fast = _pair(adapted.loaded, two_discs, adapted.adapter)
     unshifted = Segmenter(adapted.loaded)
-    unshifted.set_image(image)
+    unshifted.set_image(two_discs)
     boxes = [[10, 10, 50, 40]]
     shifted = plain.predict(boxes=boxes)
     assert not np.allclose(shifted.low_res_logits.numpy(), unshifted.predict(boxes=boxes).low_res_logits.numpy())
