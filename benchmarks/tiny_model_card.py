@@ -5,7 +5,7 @@
    against the box-filling baseline, per class -> ``benchmarks/results/tiny_zero_shot.json`` and a Markdown
    table on stdout.
 
-    python benchmarks/tiny_model_card.py --run /path/to/pretrain-run [--cases 16] [--model tiny]
+    python benchmarks/tiny_model_card.py --run STAGE1_RUN [--run STAGE2_RUN ...] [--cases 16] [--model tiny]
 """
 
 from __future__ import annotations
@@ -35,8 +35,18 @@ from samadapt.prompts.boxes import boxes_from_masks, masks_from_boxes
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def plot_curve(run: Path, out: Path) -> dict:
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
+def plot_curve(runs: list[Path], out: Path) -> dict:
+    """Plot the pretraining curve of one run, or of the stages of a model (each ``init_from`` the last).
+
+    Later stages' steps are offset by the earlier stages' steps, so the x-axis counts the model's total
+    training; a dotted line marks where each stage starts.
+    """
+    records, starts, offset, wall = [], [], 0, 0.0
+    for run in runs:
+        stage = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
+        starts.append(offset)
+        records += [{**r, "step": r["step"] + offset} for r in stage]
+        offset, wall = offset + stage[-1]["step"], wall + stage[-1]["elapsed_s"]
     evals = [r for r in records if "eval_box_iou" in r]
     fig, ax = pyplot().subplots(figsize=(6.5, 4))
     window = 20
@@ -48,13 +58,15 @@ def plot_curve(run: Path, out: Path) -> dict:
         ax.plot(steps, smooth, alpha=0.6, label=f"{label} ({window}-step mean)")
     ax.plot([r["step"] for r in evals], [r["eval_box_iou"] for r in evals], "o-", label="held-out: box IoU")
     ax.plot([r["step"] for r in evals], [r["eval_point_iou"] for r in evals], "s-", label="held-out: 1-click IoU")
-    ax.set_xlabel("step")
+    for start in starts[1:]:
+        ax.axvline(start, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("step" if len(runs) == 1 else "step (all stages; dotted: a stage starts)")
     ax.set_ylabel("mean IoU")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     save_figure(fig, out)
-    return {"steps": records[-1]["step"], "wall_s": records[-1]["elapsed_s"],
+    return {"steps": offset, "wall_s": round(wall, 1), "stage_starts": starts,
             "eval": [{k: r[k] for k in ("step", "eval_box_iou", "eval_point_iou")} for r in evals]}
 
 
@@ -91,7 +103,8 @@ def zero_shot(model: str, cases: int, work: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", type=Path, help="pretraining run folder (for the curve)")
+    parser.add_argument("--run", type=Path, action="append", default=[],
+                        help="pretraining run folder (for the curve); repeat for each stage, first stage first")
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--cases", type=int, default=16)
     parser.add_argument("--work", type=Path, default=Path("/tmp/samadapt-model-card"))

@@ -160,7 +160,9 @@ def pretrain_command(
 ) -> None:
     """Pretrain the small foundation model (samadapt-tiny) from scratch on the synthetic shape corpus.
 
-    About an hour on a 2-core CPU with the defaults; resumes from its last checkpoint when restarted.
+    The defaults are the first of the shipped model's two stages (about 2 hours on one CPU core); the
+    second continues from it with --set init_from=RUN/model.pth (docs/model_card_tiny.md has its command).
+    Resumes from its last checkpoint when restarted.
     """
     from tqdm import tqdm
 

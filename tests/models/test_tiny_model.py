@@ -37,11 +37,20 @@ def test_sidecar_records_how_it_was_made(sidecar):
     training = sidecar["training"]
     assert training["command"].startswith("samadapt pretrain")
     assert training["steps"] == training["config"]["steps"]
-    # the defaults of `samadapt pretrain` are the shipped settings, so a plain run reproduces the model
-    # (settings added after the shipped run default to what that run did implicitly)
+    # the model is made in stages, each continuing from the previous one's checkpoint (init_from); the
+    # sidecar nests each earlier stage's record, so every command that made the model is listed
+    stages = [training]
+    while "initialised_from" in stages[-1]:
+        assert stages[-1]["config"]["init_from"]
+        stages.append(stages[-1]["initialised_from"]["training"])
+    assert training["total_steps"] == sum(stage["steps"] for stage in stages)
+    assert all(stage["command"].startswith("samadapt pretrain") for stage in stages)
+    # the first stage starts from random weights with the defaults of `samadapt pretrain`, so a plain
+    # run reproduces it (settings added after that run default to what it did implicitly)
+    first = stages[-1]
     defaults = config_to_dict(PretrainConfig())
-    assert set(training["config"]) <= set(defaults)
-    assert {k: defaults[k] for k in training["config"]} == training["config"]
+    assert set(first["config"]) <= set(defaults)
+    assert {k: defaults[k] for k in first["config"]} == first["config"]
     assert defaults["init_from"] is None and defaults["point_first_probability"] == 0.5
     assert set(sidecar["metrics"]) >= {"heldout_box_iou", "heldout_point_iou"}
 

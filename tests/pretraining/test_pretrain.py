@@ -180,6 +180,16 @@ def test_a_second_phase_starts_from_the_given_checkpoint(finished, tmp_path):
     second = load_sam(str(pretrain(tmp_path / "phase2", frozen)))
     reference = load_sam(str(first))
     assert all(torch.equal(v, reference.sam.state_dict()[k]) for k, v in second.sam.state_dict().items())
+    # the second stage's sidecar carries the first stage's record: every command that made the model
+    training = second.sidecar["training"]
+    assert training["steps"] == 1 and training["total_steps"] == 1 + CONFIG.steps
+    origin = training["initialised_from"]
+    assert origin["training"] == reference.sidecar["training"] and origin["metrics"] == reference.sidecar["metrics"]
+    assert origin["training"]["command"].startswith("samadapt pretrain") and "init_from" in training["command"]
+
+    third = load_sam(str(pretrain(tmp_path / "phase3", dataclasses.replace(frozen, init_from=str(second.checkpoint)))))
+    assert third.sidecar["training"]["total_steps"] == 2 + CONFIG.steps
+    assert third.sidecar["training"]["initialised_from"]["training"]["initialised_from"] == origin
 
 
 def test_a_second_phase_refuses_another_architecture(finished, tmp_path):

@@ -81,6 +81,7 @@ def test_box_to_mask_to_downloaded_nifti(client, data_dir):
 def test_onnx_decoding_serves_the_same_masks(client, tiny, data_dir):
     pytest.importorskip("onnxruntime")
     app = create_app(tiny, ServeSettings(data_dir=data_dir, decoder="onnx"), allowed_hosts=["testserver"])
+    assert app.state.onnx.exported == (False, True)  # both graphs ready before the first click
     box, k = _liver_box(data_dir, 9), 9
     click = {"slice": k, "box": box, "points": [[box[0] + 8, box[1] + 8]], "labels": [1]}
     masks = []

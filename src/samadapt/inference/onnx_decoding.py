@@ -44,6 +44,19 @@ class OnnxDecoding:
         self._folder = tempfile.TemporaryDirectory(prefix="samadapt-onnx-")
         self._sessions: dict[bool, Any] = {}
 
+    @property
+    def exported(self) -> tuple[bool, ...]:
+        """The ``multimask`` settings whose graphs are exported and loaded so far."""
+        return tuple(sorted(self._sessions))
+
+    def prepare(self) -> None:
+        """Export and load both graphs (one mask and three) now, so that no click waits for an export.
+
+        An export takes seconds (ViT-B's decoder: several); a server calls this before it takes requests.
+        """
+        for multimask in (False, True):
+            self.session(multimask)
+
     def session(self, multimask: bool):
         """The onnxruntime session of the graph for ``multimask`` (exported on first use)."""
         from samadapt.export.onnx_decoder import export_decoder, onnx_session

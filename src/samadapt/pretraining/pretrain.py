@@ -34,6 +34,19 @@ def learning_rate(config: PretrainConfig, step: int) -> float:
     return config.lr * lr_factor(EngineSettings.from_config(config), step)
 
 
+def initialisation_record(sidecar: dict) -> dict:
+    """What a continued run records of the checkpoint it started from (``init_from``).
+
+    The starting checkpoint's own ``training`` record (command, settings, steps and, recursively, where
+    *it* started from) and its final ``metrics``, so that the sidecar of the last stage lists every
+    command needed to reproduce the model. ``total_steps`` counts the steps of all earlier stages; a
+    checkpoint without a samadapt sidecar (e.g. an official SAM file) contributes none.
+    """
+    training = sidecar.get("training", {})
+    return {"training": training, "metrics": sidecar.get("metrics", {}),
+            "total_steps": int(training.get("total_steps", training.get("steps", 0)))}
+
+
 def _load_corpus(run_dir: Path, n: int, seed: int, size: int, progress) -> tuple[np.ndarray, np.ndarray]:
     path = run_dir / f"corpus_{seed}_{n}_{size}.npz"
     if path.is_file():
@@ -87,11 +100,13 @@ def _run(run_dir: Path, config: PretrainConfig, spec: ModelSpec, on_step: Callab
     with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
         torch.manual_seed(config.seed)
         sam = build_sam(spec).train()
+    lineage: dict = {}
     if config.init_from:
         initial = load_sam(config.init_from)
         if initial.spec.architecture() != spec.architecture():
             raise ConfigError(f"{config.init_from}: not a '{config.model}' checkpoint; init_from must match the model")
         sam.load_state_dict(initial.sam.state_dict())
+        lineage = initialisation_record(initial.sidecar)
     optimizer = torch.optim.AdamW(sam.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
     step = 0
@@ -163,8 +178,10 @@ def _run(run_dir: Path, config: PretrainConfig, spec: ModelSpec, on_step: Callab
         "preprocessing": {"image_size": spec.image_size, "pixel_mean": list(spec.pixel_mean),
                           "pixel_std": list(spec.pixel_std), "input": "uint8 RGB or grey replicated"},
         "training": {"command": command, "config": config_to_dict(config), "steps": step,
+                     "total_steps": step + lineage.get("total_steps", 0),
                      "corpus_seed": config.corpus_seed, "eval_seed": config.eval_seed,
-                     "python": sys.version.split()[0], "torch": torch.__version__},
+                     "python": sys.version.split()[0], "torch": torch.__version__,
+                     **({"initialised_from": lineage} if lineage else {})},
         "metrics": {f"heldout_{k}": v for k, v in final.items()},
     }
     return save_sam(sam, spec, run_dir / "model.pth", info)

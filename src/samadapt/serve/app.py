@@ -122,6 +122,7 @@ def create_app(loaded: LoadedModel, settings: ServeSettings | None = None, adapt
         from samadapt.inference.onnx_decoding import OnnxDecoding
 
         onnx = OnnxDecoding(loaded, adapter)
+        onnx.prepare()  # exported before the first request: the first click must not wait for it
     data = DataFolder(settings.data_dir) if settings.data_dir is not None else None
     store = SessionStore(settings.max_sessions)
     upload_dir = Path(tempfile.mkdtemp(prefix="samadapt-uploads-"))
@@ -136,7 +137,7 @@ def create_app(loaded: LoadedModel, settings: ServeSettings | None = None, adapt
         shutil.rmtree(upload_dir, ignore_errors=True)
 
     app = FastAPI(title="samadapt", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
-    app.state.store, app.state.settings, app.state.upload_dir = store, settings, upload_dir
+    app.state.store, app.state.settings, app.state.upload_dir, app.state.onnx = store, settings, upload_dir, onnx
 
     def hide(message: str) -> str:
         message = message.replace(str(upload_dir), "<upload>")
