@@ -160,8 +160,9 @@ def pretrain_command(
 ) -> None:
     """Pretrain the small foundation model (samadapt-tiny) from scratch on the synthetic shape corpus.
 
-    The defaults are the first of the shipped model's two stages (about 2 hours on one CPU core); the
-    second continues from it with --set init_from=RUN/model.pth (docs/model_card_tiny.md has its command).
+    The defaults are the first of the shipped model's three stages (about 2 hours on one CPU core); each
+    later one continues the previous with --set init_from=RUN/model.pth (docs/model_card_tiny.md has the
+    commands).
     Resumes from its last checkpoint when restarted.
     """
     from tqdm import tqdm

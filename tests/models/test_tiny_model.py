@@ -53,6 +53,8 @@ def test_sidecar_records_how_it_was_made(sidecar):
     assert {k: defaults[k] for k in first["config"]} == first["config"]
     assert defaults["init_from"] is None and defaults["point_first_probability"] == 0.5
     assert set(sidecar["metrics"]) >= {"heldout_box_iou", "heldout_point_iou"}
+    # the quality bar of the model card: a weaker checkpoint must not replace the shipped one unnoticed
+    assert sidecar["metrics"]["heldout_box_iou"] >= 0.80
 
 
 def test_shipped_weights_still_measure_their_recorded_quality(tiny, sidecar):
