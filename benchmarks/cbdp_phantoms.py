@@ -77,7 +77,8 @@ def compare_to_full(runs: dict[str, dict]) -> None:
 
 def mean_over_seeds(per_seed: dict[int, dict]) -> dict:
     """One policy's runs (one per seed) as their means; ``*_sd`` the spread over seeds (0 for one seed);
-    ``per_seed`` keeps the single runs. The worst class is taken on the seed-mean per-class Dice."""
+    ``per_seed`` keeps the single runs, each with its own worst class (``main`` adds the worst class of the
+    seed-mean per-class Dice)."""
     first = next(iter(per_seed.values()))
     mean = {key: round(float(np.mean([run[key] for run in per_seed.values()])), 4) for key in (
         "iterations", "fraction_of_full", "wall_s", "test_dice_mean", "test_dice_lesions",
