@@ -50,7 +50,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "cbdp_phantoms.json"
 POLICIES = ("none", "class", "global", "random")
 
 
-def test_dice(run_dir: Path, model: Path, prepared, cache) -> tuple[dict[str, float], dict[str, int]]:
+def scored_on_test_split(run_dir: Path, model: Path, prepared, cache) -> tuple[dict[str, float], dict[str, int]]:
     """Test Dice per class (tight boxes, 2D, mean over objects) of a run's final model, and the objects
     per class. Kept in ``run_dir/test_dice.json`` while the model file is unchanged, so that a rerun which
     gathers runs finished by other processes (one per seed, say) does not score them again."""
@@ -65,7 +65,8 @@ def test_dice(run_dir: Path, model: Path, prepared, cache) -> tuple[dict[str, fl
 
 
 def compare_to_full(runs: dict[str, dict]) -> None:
-    """Add each run's mean and worst-class difference to the full-data run of its seed, in Dice points."""
+    """Add each run's mean, lesion and worst-class difference to the full-data run in ``runs`` (of one
+    seed, or the seed means), in Dice points."""
     full = runs["none"]
     classes = full["test_dice_per_class"]
     for run in runs.values():
@@ -77,12 +78,11 @@ def compare_to_full(runs: dict[str, dict]) -> None:
 
 def mean_over_seeds(per_seed: dict[int, dict]) -> dict:
     """One policy's runs (one per seed) as their means; ``*_sd`` the spread over seeds (0 for one seed);
-    ``per_seed`` keeps the single runs, each with its own worst class (``main`` adds the worst class of the
-    seed-mean per-class Dice)."""
+    ``per_seed`` keeps the single runs with their differences to full data (:func:`compare_to_full`, which
+    ``main`` applies to the means too)."""
     first = next(iter(per_seed.values()))
     mean = {key: round(float(np.mean([run[key] for run in per_seed.values()])), 4) for key in (
-        "iterations", "fraction_of_full", "wall_s", "test_dice_mean", "test_dice_lesions",
-        "dice_points_vs_full", "lesion_points_vs_full")}
+        "iterations", "fraction_of_full", "wall_s", "test_dice_mean", "test_dice_lesions")}
     spread = {f"{key}_sd": round(float(np.std([run[key] for run in per_seed.values()])), 4) for key in (
         "test_dice_mean", "test_dice_lesions", "dice_points_vs_full", "lesion_points_vs_full")}
     per_class = {c: round(float(np.mean([run["test_dice_per_class"][c] for run in per_seed.values()])), 4)
@@ -123,7 +123,7 @@ def main() -> None:
             run_dir = work / "runs" / (name + (f"-seed={seed}" if seed else ""))
             config = prepare_run_folder(run_dir, config, resume=(run_dir / "config.yaml").is_file())
             result = finetune(run_dir, config)
-            dice, objects = test_dice(run_dir, result.model, prepared, cache)
+            dice, objects = scored_on_test_split(run_dir, result.model, prepared, cache)
             runs[policy] = {
                 "iterations": result.steps, "fraction_of_full": round(result.steps / steps, 4),
                 "wall_s": round(result.wall_s, 1), "val_curve": result.curve, "test_dice_per_class": dice,
@@ -136,9 +136,7 @@ def main() -> None:
         compare_to_full(runs)
     runs = {policy: mean_over_seeds({seed: by_seed[seed][policy] for seed in args.seeds})
             for policy in by_seed[args.seeds[0]]}
-    full = runs["none"]["test_dice_per_class"]
-    for run in runs.values():  # on the seed means
-        run["worst_class_points_vs_full"] = round(min(100 * (run["test_dice_per_class"][c] - full[c]) for c in full), 2)
+    compare_to_full(runs)  # on the seed means
     fig, ax = pyplot().subplots(figsize=(6, 4))
     for colour, (policy, run) in enumerate(runs.items()):
         for i, single in enumerate(run["per_seed"].values()):  # one line per seed, one colour per policy
