@@ -51,13 +51,17 @@ def main() -> None:
 @user_errors_exit_2
 def embed_command(
     prepared: Path = typer.Argument(..., help="Prepared dataset folder (written by `samadapt prepare`)."),
-    model: str = typer.Option("tiny", help="Registered model name or path of a SAM-format checkpoint."),
+    model: str = typer.Option(
+        "medsam_lite", help="Registered model name (medsam_lite, tiny, vit_b, ...) or a SAM-format checkpoint path."),
     batch_size: int = typer.Option(8, help="Slices per encoder call."),
     features: bool = typer.Option(
         False, "--features/--no-features", help="Also store multi-level encoder features (for ProMISe)."
     ),
     device: str = typer.Option("cpu", help="Torch device for the encoder: cpu, cuda, cuda:1, ..."),
     out: Path | None = typer.Option(None, help="Cache folder (default: PREPARED/embeddings/<signature[:16]>)."),
+    encoder_runtime: str = typer.Option(
+        "auto", "--encoder-runtime", help="Image encoder on the CPU: auto (onnxruntime for LiteMedSAM's TinyViT), "
+        "torch or onnx."),
 ) -> None:
     """Run the frozen image encoder once per slice; cache fp16 embeddings (resumes).
 
@@ -68,12 +72,14 @@ def embed_command(
 
     from samadapt.data.prepared import PreparedDataset
     from samadapt.models.embedding_cache import compute_embeddings, resolve_device
+    from samadapt.models.onnx_encoder import use_encoder_runtime
     from samadapt.models.sam import load_sam
     from samadapt.training.distributed import setup
 
     dataset = PreparedDataset(prepared)
     loaded = load_sam(model, device="cpu")
     ranks, device = setup(device)
+    use_encoder_runtime(loaded, encoder_runtime, resolve_device(device))
     with tqdm(unit="slice", desc="embed", dynamic_ncols=True, disable=not ranks.is_main) as bar:
 
         def progress(done: int, total: int) -> None:
@@ -137,18 +143,22 @@ def prepare_command(
 @user_errors_exit_2
 def models_command() -> None:
     """List the registered SAM architectures and where their checkpoints are expected."""
-    from samadapt.models.registry import DEFAULT_MODEL, REGISTRY
+    from samadapt.models.registry import DEFAULT_MODEL, REGISTRY, TEST_MODELS
     from samadapt.models.sam import cache_dir, packaged_checkpoint
 
     for name, spec in sorted(REGISTRY.items()):
+        if name in TEST_MODELS:
+            continue
         if spec.packaged:
             where = f"packaged: {packaged_checkpoint(spec)}"
+        elif spec.package:
+            where = f"ships in the {spec.package} package ({spec.notes})"
         elif spec.filename:
             where = f"{cache_dir() / spec.filename}" + (f"  <- {spec.url}" if spec.url else f"  ({spec.notes})")
         else:
             where = "architecture only (random weights, for tests)"
         default = " (default)" if name == DEFAULT_MODEL else ""
-        typer.echo(f"{name}{default}: ViT {spec.encoder_embed_dim}x{spec.encoder_depth}, {spec.image_size} px; {where}")
+        typer.echo(f"{name}{default}: {spec.describe()}; {where}")
 
 
 @app.command("pretrain")
@@ -342,7 +352,7 @@ def demo_command(
 def eval_command(
     prepared: Path = typer.Argument(..., help="Prepared dataset folder (written by `samadapt prepare`)."),
     model: list[str] | None = typer.Option(
-        None, "--model", help="Registry name or SAM-format checkpoint path (repeatable; default: tiny)."
+        None, "--model", help="Registry name or SAM-format checkpoint path (repeatable; default: medsam_lite)."
     ),
     split: str = typer.Option("test", "--split", help="Split to evaluate: train, val or test."),
     jitter: str = typer.Option("0,5,10,20", "--jitter", help="Box jitter levels in model-frame pixels (comma list)."),
@@ -392,7 +402,9 @@ def eval_command(
     levels = parse_jitters(jitter)
     protocols = parse_protocols(protocol)
 
-    summary = evaluate_models(prepared, model or ["tiny"], out, split=split, jitters=levels, device=device,
+    from samadapt.models.registry import DEFAULT_MODEL
+
+    summary = evaluate_models(prepared, model or [DEFAULT_MODEL], out, split=split, jitters=levels, device=device,
                               seed=seed, bars=bars, protocols=protocols)
     typer.echo(str(summary))
 
@@ -476,8 +488,8 @@ def segment_command(
     source: Path = typer.Argument(..., help="A volume (NIfTI, NRRD, MHA, DICOM folder) or a folder of volumes."),
     out: Path = typer.Option(..., "--out", help="Output folder: <case>.nii.gz label volumes and <case>.json sidecars."),
     model: str | None = typer.Option(
-        None, "--model", help="Registry name, SAM-format .pth or `samadapt train` run folder (default tiny; with "
-        "--adapter its base model)."),
+        None, "--model", help="Registry name, SAM-format .pth or `samadapt train` run folder (default medsam_lite; "
+        "with --adapter its base model)."),
     boxes: Path | None = typer.Option(None, "--boxes", help="JSON prompt file: 3D boxes / clicks (docs/inference.md)."),
     auto: bool = typer.Option(False, "--auto", help="Segment without prompts through a ProMISe adapter (--adapter)."),
     adapter: Path | None = typer.Option(None, "--adapter", help="`samadapt adapt` run folder or its adapter file."),
@@ -486,6 +498,9 @@ def segment_command(
     device: str = typer.Option("cpu", "--device", help="Torch device: cpu, cuda, cuda:1 ..."),
     set_: list[str] | None = typer.Option(
         None, "--set", help="propagation.KEY=VALUE or auto.KEY=VALUE (repeatable; docs/inference.md)."),
+    encoder_runtime: str = typer.Option(
+        "auto", "--encoder-runtime", help="Image encoder on the CPU: auto (onnxruntime for LiteMedSAM's TinyViT), "
+        "torch or onnx."),
 ) -> None:
     """Segment volumes into NIfTI label volumes on the input's grid, from 3D boxes / clicks or automatically.
 
@@ -498,6 +513,7 @@ def segment_command(
     from samadapt.inference.prompt_file import PromptFile
     from samadapt.inference.segment_cases import segment_cases, segment_settings
     from samadapt.inference.segmenter import Segmenter
+    from samadapt.models.registry import DEFAULT_MODEL
 
     if (boxes is None) == (not auto):
         raise ConfigError("give either --boxes PROMPTS.json or --auto (with --adapter RUN)")
@@ -505,8 +521,8 @@ def segment_command(
         raise ConfigError("--auto needs --adapter RUN: the ProMISe adapter that predicts the prompts")
     settings = segment_settings(window, modality, parse_overrides(set_))
     prompts = PromptFile.read(boxes) if boxes is not None else None
-    segmenter = Segmenter.from_model(model if model is not None or adapter is not None else "tiny", device=device,
-                                     adapter=adapter)
+    segmenter = Segmenter.from_model(model if model is not None or adapter is not None else DEFAULT_MODEL,
+                                     device=device, adapter=adapter, encoder_runtime=encoder_runtime)
 
     def bars(desc: str, total: int | None):
         return tqdm(desc=desc, total=total, unit="case" if total is not None else "slice",
@@ -524,7 +540,8 @@ def segment_command(
 def serve_command(
     data: Path | None = typer.Option(None, "--data", help="Folder the page may open volumes from (else uploads only)."),
     model: str | None = typer.Option(
-        None, "--model", help="Registry name, .pth or run folder (default tiny; with --adapter its base model)."),
+        None, "--model",
+        help="Registry name, .pth or run folder (default medsam_lite; with --adapter its base model)."),
     adapter: Path | None = typer.Option(None, "--adapter", help="ProMISe adapter: enables the page's automatic mode."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; the default serves this machine only."),
     port: int = typer.Option(8000, "--port", help="TCP port."),
@@ -533,10 +550,14 @@ def serve_command(
     decoder: str = typer.Option(
         "torch", "--decoder", help="Run each click's decoder in torch, or in onnxruntime ('onnx': CPU only, "
         "2-3x faster per click; needs pip install 'samadapt[export]')."),
+    encoder_runtime: str = typer.Option(
+        "auto", "--encoder-runtime", help="Image encoder on the CPU: auto (onnxruntime for LiteMedSAM's TinyViT), "
+        "torch or onnx."),
 ) -> None:
     """Interactive segmentation in the browser: open or upload a volume, box / click, assign, download NIfTI."""
     from samadapt.errors import ConfigError
     from samadapt.inference.segmenter import Segmenter
+    from samadapt.models.registry import DEFAULT_MODEL
     from samadapt.serve.app import create_app, default_allowed_hosts, run_server
     from samadapt.serve.sessions import ServeSettings
 
@@ -544,8 +565,8 @@ def serve_command(
         raise ConfigError("--port must lie in 1..65535 and --max-upload-mb be at least 1")
     if decoder not in ("torch", "onnx") or (decoder == "onnx" and device != "cpu"):
         raise ConfigError(f"--decoder {decoder} with --device {device}: use torch (any device) or onnx (cpu)")
-    segmenter = Segmenter.from_model(model if model is not None or adapter is not None else "tiny", device=device,
-                                     adapter=adapter)
+    segmenter = Segmenter.from_model(model if model is not None or adapter is not None else DEFAULT_MODEL,
+                                     device=device, adapter=adapter, encoder_runtime=encoder_runtime)
     settings = ServeSettings(data_dir=data, max_upload_bytes=max_upload_mb * 1024 * 1024, device=device,
                              decoder=decoder)
     loopback = host in ("127.0.0.1", "localhost", "::1")

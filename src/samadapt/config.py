@@ -241,7 +241,7 @@ class RunConfig:
     """
 
     data: str = ""  # the prepared dataset folder (set by `samadapt train|adapt PREPARED`)
-    model: str = "tiny"
+    model: str = "medsam_lite"  # the real foundation (models.registry.DEFAULT_MODEL); `tiny` for quick runs
     steps: int = 300
     batch_size: int = 4
     grad_accum: int = 1

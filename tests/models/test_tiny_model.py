@@ -26,8 +26,8 @@ def sidecar(tiny) -> dict:
     return json.loads(sidecar_path(tiny.checkpoint).read_text())
 
 
-def test_tiny_is_the_default_and_matches_its_registry_architecture(tiny):
-    assert DEFAULT_MODEL == "tiny"
+def test_tiny_matches_its_registry_architecture_and_is_not_the_default(tiny):
+    assert DEFAULT_MODEL == "medsam_lite"  # the real medical foundation; tiny is the fast test model
     assert tiny.spec.architecture() == REGISTRY["tiny"].architecture()
     assert sum(p.numel() for p in tiny.sam.parameters()) < 5_000_000
     assert tiny.checkpoint.stat().st_size <= 20 * 2**20

@@ -8,10 +8,12 @@ checkpoint).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -42,8 +44,20 @@ def test_torchrun_two_ranks_adapt_like_one_process(micro_prepared, base, tmp_pat
     a = torch.load(single / "adapter.pt", weights_only=True)
     b = torch.load(ddp / "adapter.pt", weights_only=True)
     assert a.keys() == b.keys()
+    # Two ranks sum gradients in another order than one process: float32 sums differ in the last bits, and
+    # Adam divides each gradient by its own running scale, so a coordinate whose gradient is ~0 (rounding
+    # noise) may take any update in [-lr, lr] per step. The rigorous bound per weight is therefore
+    # 2 * lr * steps; the claim "the same run" is checked where it lives: (almost) every weight agrees to
+    # float32 noise, and the two runs' loss curves agree.
+    bound = 2 * SETTINGS["lr"] * SETTINGS["steps"]
     for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=bound, msg=key)
+        close = torch.isclose(a[key], b[key], rtol=1e-4, atol=1e-5)
+        assert float(close.float().mean()) >= 0.999, key
+    curves = [[json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
+               if "loss" in json.loads(line)] for run in (single, ddp)]
+    assert len(curves[0]) == len(curves[1]) == SETTINGS["steps"]
+    np.testing.assert_allclose(curves[0], curves[1], rtol=1e-3)
     assert any(float(v.abs().sum()) > 0 for k, v in a.items() if k.startswith("ips.mlp.2"))  # IPS did train
     with pytest.raises(ConfigError, match="checkpointed with 2 process"):  # resume needs as many processes
         adapt(ddp, config)

@@ -42,6 +42,8 @@ from samadapt.inference.model_source import load_model, model_classes
 from samadapt.inference.volume_slices import VolumeSlices
 from samadapt.io.volume import Volume
 from samadapt.models.embedding_cache import encode_slices, resolve_device
+from samadapt.models.onnx_encoder import use_encoder_runtime
+from samadapt.models.registry import DEFAULT_MODEL
 from samadapt.models.sam import LoadedModel
 
 DEFAULT_CACHED_SLICES = 64
@@ -138,12 +140,14 @@ class Segmenter:
         self.volume: VolumeSlices | None = None
 
     @classmethod
-    def from_model(cls, model: str | os.PathLike[str] | None = "tiny", device: str | torch.device = "cpu",
-                   adapter: str | os.PathLike[str] | None = None, **kwargs: Any) -> Segmenter:
+    def from_model(cls, model: str | os.PathLike[str] | None = DEFAULT_MODEL, device: str | torch.device = "cpu",
+                   adapter: str | os.PathLike[str] | None = None, encoder_runtime: str = "auto",
+                   **kwargs: Any) -> Segmenter:
         """A Segmenter for a registry name, ``.pth`` file or run folder; with ``adapter``, a ProMISe adapter.
 
         ``model=None`` with an adapter uses the adapter's own base model; a model given with an adapter must
-        be that very SAM (same weights), else :class:`~samadapt.errors.CheckpointError`.
+        be that very SAM (same weights), else :class:`~samadapt.errors.CheckpointError`. ``encoder_runtime``
+        (``auto``, ``torch``, ``onnx``): see :mod:`samadapt.models.onnx_encoder`.
         """
         loaded_adapter = load_promise_adapter(adapter, device) if adapter is not None else None
         if model is None:
@@ -154,6 +158,7 @@ class Segmenter:
             loaded = load_model(model, device=device)
             if loaded_adapter is not None:
                 check_adapter_fits(loaded_adapter, loaded)
+        use_encoder_runtime(loaded, encoder_runtime, resolve_device(device))
         return cls(loaded, device=device, adapter=loaded_adapter, **kwargs)
 
     # ------------------------------------------------------------------ what the model is

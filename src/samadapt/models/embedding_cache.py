@@ -34,7 +34,7 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -44,8 +44,9 @@ import torch
 from samadapt.errors import CacheError, ConfigError, DatasetError
 from samadapt.io.atomic import write_json_atomic
 from samadapt.models.cache_shards import assign_cases, fold_shard_progress, shard_progress_path
+from samadapt.models.encoder_features import capture_features
 from samadapt.models.preprocess import to_model_input
-from samadapt.models.registry import ModelSpec
+from samadapt.models.registry import FAMILY_FIELDS, ModelSpec
 from samadapt.models.sam import LoadedModel
 from samadapt.training.distributed import Ranks
 
@@ -96,7 +97,8 @@ def encoder_digest(loaded: LoadedModel) -> str:
     """sha256 over the image encoder's weights (state-dict order), its architecture and preprocessing."""
     digest = hashlib.sha256(f"samadapt-embedding-cache-v{CACHE_FORMAT}\n".encode())
     arch = loaded.spec.architecture()
-    digest.update(json.dumps({k: arch[k] for k in _ENCODER_FIELDS}, sort_keys=True).encode())
+    fields = {k: arch[k] for k in _ENCODER_FIELDS} | {k: arch[k] for k in FAMILY_FIELDS if k in arch}
+    digest.update(json.dumps(fields, sort_keys=True).encode())
     for name, tensor in loaded.sam.image_encoder.state_dict().items():
         flat = tensor.detach().cpu().contiguous().reshape(-1)
         digest.update(f"\n{name}:{flat.dtype}:{tuple(tensor.shape)}\n".encode())
@@ -206,22 +208,6 @@ class EmbeddingCache:
         return self._load(_final_paths(self.root, case_id)[1], case_id)
 
 
-@contextlib.contextmanager
-def _capture_blocks(encoder: torch.nn.Module, indexes: tuple[int, ...]) -> Iterator[dict[int, torch.Tensor]]:
-    """Forward hooks on ``encoder.blocks[i]``; yields a dict filled with each block's ``BxgxgxD`` output."""
-    captured: dict[int, torch.Tensor] = {}
-    handles = []
-    for index in sorted(set(indexes)):
-        def hook(_module: torch.nn.Module, _inputs: Any, output: torch.Tensor, index: int = index) -> None:
-            captured[index] = output
-        handles.append(encoder.blocks[index].register_forward_hook(hook))
-    try:
-        yield captured
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
 def encode_slices(
     loaded: LoadedModel,
     images: np.ndarray,
@@ -232,7 +218,8 @@ def encode_slices(
     """Run the frozen image encoder on one batch of model-frame slices.
 
     Runs under ``torch.inference_mode``: fp32 on CPU, bf16 autocast on CUDA. The encoder must already
-    be on ``device``.
+    be on ``device``. On the CPU, a model with an onnxruntime encoder attached
+    (:func:`samadapt.models.onnx_encoder.use_encoder_runtime`) runs it there instead.
 
     Args:
         images: ``BxSxS`` or ``BxSxSx3`` uint8 in the model frame (``S = spec.image_size``).
@@ -244,16 +231,18 @@ def encode_slices(
     """
     encoder = loaded.sam.image_encoder
     device = torch.device(device)
-    x = to_model_input(images, loaded.spec, valid_hw).to(device)
+    x = to_model_input(images, loaded.spec, valid_hw)
+    if loaded.onnx_encoder is not None and device.type == "cpu":
+        emb, feats = loaded.onnx_encoder(x.numpy())
+        return emb.astype(np.float16), feats.astype(np.float16) if with_features else None
+    x = x.to(device)
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     )
     indexes = loaded.spec.feature_block_indexes if with_features else ()
-    with torch.inference_mode(), autocast, _capture_blocks(encoder, indexes) as captured:
+    with torch.inference_mode(), autocast, capture_features(encoder, loaded.spec, indexes) as captured:
         emb = encoder(x)
-        feats = (
-            torch.stack([captured[i].permute(0, 3, 1, 2) for i in indexes], dim=1) if with_features else None
-        )
+        feats = torch.stack([captured[i] for i in indexes], dim=1) if with_features else None
     emb_np = emb.to(torch.float16).cpu().numpy()
     feats_np = feats.to(torch.float16).cpu().numpy() if feats is not None else None
     return emb_np, feats_np

@@ -1,6 +1,7 @@
 """LoRA on the image encoder's attention: low-rank updates of each block's ``qkv`` projection.
 
-``add_lora(encoder, rank, alpha)`` wraps every ``blocks[i].attn.qkv`` (a ``Linear(C, 3C)``) in a
+``add_lora(encoder, rank, alpha)`` wraps every attention block's ``attn.qkv`` (a ``Linear``; SAM's ViT:
+``blocks[i].attn.qkv``, TinyViT: ``layers[s].blocks[i].attn.qkv``) in a
 :class:`LoRALinear`: ``y = W x + b + (alpha / rank) * B (A x)`` with ``A`` (``rank x C``) random and ``B``
 (``3C x rank``) zero, so the wrapped encoder starts exactly as the original. Only ``A`` and ``B`` train.
 ``merge_lora`` folds ``B A`` into ``W`` and puts plain ``Linear`` layers back, so the saved model is an
@@ -43,22 +44,29 @@ class LoRALinear(nn.Module):
         return out
 
 
-def add_lora(encoder: nn.Module, rank: int, alpha: float) -> dict[str, nn.Parameter]:
-    """Wrap the ``qkv`` projection of every attention block of a SAM ``ImageEncoderViT``.
+def _attention_modules(encoder: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of every attention module with a ``qkv`` projection, in module order."""
+    return [(name, module) for name, module in encoder.named_modules()
+            if name.endswith("attn") and isinstance(getattr(module, "qkv", None), (nn.Linear, LoRALinear))]
 
-    Returns the LoRA parameters by name (``blocks.<i>.attn.qkv.lora_a`` / ``lora_b``).
+
+def add_lora(encoder: nn.Module, rank: int, alpha: float) -> dict[str, nn.Parameter]:
+    """Wrap the ``qkv`` projection of every attention block of the image encoder (ViT or TinyViT).
+
+    Returns the LoRA parameters by name (``<attention path>.qkv.lora_a`` / ``lora_b``, e.g.
+    ``blocks.<i>.attn.qkv.lora_a`` for SAM's ViT).
     """
     params = {}
-    for index, block in enumerate(encoder.blocks):
-        if not isinstance(block.attn.qkv, LoRALinear):
-            block.attn.qkv = LoRALinear(block.attn.qkv, rank, alpha)
-        params[f"blocks.{index}.attn.qkv.lora_a"] = block.attn.qkv.lora_a
-        params[f"blocks.{index}.attn.qkv.lora_b"] = block.attn.qkv.lora_b
+    for name, attn in _attention_modules(encoder):
+        if not isinstance(attn.qkv, LoRALinear):
+            attn.qkv = LoRALinear(attn.qkv, rank, alpha)
+        params[f"{name}.qkv.lora_a"] = attn.qkv.lora_a
+        params[f"{name}.qkv.lora_b"] = attn.qkv.lora_b
     return params
 
 
 def merge_lora(encoder: nn.Module) -> None:
     """Fold every :class:`LoRALinear` of ``encoder`` back into a plain ``Linear`` (in place)."""
-    for block in encoder.blocks:
-        if isinstance(block.attn.qkv, LoRALinear):
-            block.attn.qkv = block.attn.qkv.merged()
+    for _, attn in _attention_modules(encoder):
+        if isinstance(attn.qkv, LoRALinear):
+            attn.qkv = attn.qkv.merged()

