@@ -2,4 +2,5 @@
 
 from samadapt.cli import app
 
-app(prog_name="samadapt")
+if __name__ == "__main__":  # not when a worker process (multiprocessing's spawn) imports this as __mp_main__
+    app(prog_name="samadapt")

@@ -80,18 +80,24 @@ def embed_command(
     loaded = load_sam(model, device="cpu")
     ranks, device = setup(device)
     use_encoder_runtime(loaded, encoder_runtime, resolve_device(device))
-    with tqdm(unit="slice", desc="embed", dynamic_ncols=True, disable=not ranks.is_main) as bar:
+    bars: list[tqdm] = []  # opened at the first report of work: a finished cache shows no bar
 
-        def progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
+    def progress(done: int, total: int) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, unit="slice", desc="embed", dynamic_ncols=True))
+        bars[0].update(done - bars[0].n)
 
+    try:
         cache = compute_embeddings(
             dataset, loaded, out=out, batch_size=batch_size, with_features=features,
-            device=resolve_device(device), progress=progress, ranks=ranks,
+            device=resolve_device(device), progress=progress if ranks.is_main else None, ranks=ranks,
         )
+    finally:
+        for bar in bars:
+            bar.close()
     if ranks.is_main:
-        typer.echo(f"wrote embeddings of {len(cache.case_ids)} cases to {cache.root}")
+        done = "wrote" if bars or ranks.world > 1 else "already computed:"  # (rank 0 sees its own share only)
+        typer.echo(f"{done} embeddings of {len(cache.case_ids)} cases in {cache.root}")
 
 
 @app.command("prepare")
@@ -107,17 +113,28 @@ def prepare_command(
     min_area: int | None = typer.Option(None, help="Drop objects under this many model-frame pixels (default 16)."),
     keep_empty: float | None = typer.Option(None, help="Fraction of object-free slices kept (default 0.1)."),
     seed: int | None = typer.Option(None, help="Seed of the case split and empty-slice choice (default 0)."),
+    split: str | None = typer.Option(None, help="train,val,test fractions (default 0.7,0.15,0.15)."),
+    split_group: str | None = typer.Option(
+        None, help="Regex naming a case's subject (first group), e.g. '^(patient\\d+)': one split per subject."),
+    split_file: Path | None = typer.Option(
+        None, help='JSON {"train": [...], "val": [...], "test": [...]} of case ids, or nnU-Net splits_final.json.'),
     config: Path | None = typer.Option(None, "--config", help="YAML file of prepare settings (options override it)."),
     set_: list[str] | None = typer.Option(None, "--set", help="Override a setting: key=value (repeatable)."),
 ) -> None:
-    """Window, slice and resize a raw dataset into SAM's frame, with per-slice objects (resumes)."""
+    """Window, slice and resize a raw dataset into SAM's frame, with per-slice objects (resumes).
+
+    Split by patient when a patient has several cases (frames, scans, slices): --split-group, --split-file.
+
+    Rerunning prepare with other split settings rewrites the split only (the prepared cases are kept).
+    """
     from tqdm import tqdm
 
     from samadapt.config import PrepareConfig, load_config, parse_overrides
     from samadapt.data.prepare import prepare_dataset
 
     options = {"image_size": image_size, "axis": axis, "window": window, "min_area": min_area,
-               "keep_empty_ratio": keep_empty, "seed": seed}
+               "keep_empty_ratio": keep_empty, "seed": seed, "split": split.split(",") if split else None,
+               "split_group": split_group, "split_file": str(split_file) if split_file else None}
     overrides = {k: v for k, v in options.items() if v is not None}
     overrides.update(parse_overrides(set_))
     settings = load_config(PrepareConfig, config, overrides)
@@ -135,8 +152,11 @@ def prepare_command(
             bar.close()
     n_slices = sum(c["n_slices"] for c in dataset.manifest["cases"])
     n_objects = sum(c["n_objects"] for c in dataset.manifest["cases"])
-    typer.echo(f"wrote {len(dataset.case_ids())} cases, {n_slices} slices, {n_objects} objects to {out} "
-               f"(hash {dataset.hash[:12]})")
+    counts = {split: len(dataset.case_ids(split)) for split in ("train", "val", "test")}
+    typer.echo(f"wrote {len(dataset.case_ids())} cases ({counts['train']} train, {counts['val']} val, "
+               f"{counts['test']} test), {n_slices} slices, {n_objects} objects to {out} (hash {dataset.hash[:12]})")
+    for warning in dataset.manifest.get("warnings", []):
+        typer.echo(f"samadapt: warning: {warning}", err=True)
 
 
 @app.command("models")
@@ -231,7 +251,8 @@ def _start_run(out: Path, settings: Any, resume: bool) -> Any:
 
 class _RunBars:
     """Progress bars of a run command: ``embed`` (the cache, when missing) and the run's steps, with the
-    loss, validation Dice and, where the records carry prompt counts, objects per second."""
+    loss, validation Dice and, where the records carry prompt counts, objects per second. Each bar opens at
+    its first update, and only on rank 0 of a ``torchrun`` job (the other ranks' bars would interleave)."""
 
     def __init__(self, desc: str, total_steps: int) -> None:
         self.desc, self.total_steps, self.bars = desc, total_steps, {}
@@ -239,11 +260,18 @@ class _RunBars:
     def _bar(self, name: str, total: int, unit: str):
         from tqdm import tqdm
 
-        return self.bars.setdefault(name, tqdm(total=total, unit=unit, desc=name, dynamic_ncols=True))
+        from samadapt.training.distributed import current
+
+        if name not in self.bars:
+            self.bars[name] = tqdm(total=total, unit=unit, desc=name, dynamic_ncols=True,
+                                   disable=not current().is_main)
+        return self.bars[name]
 
     def embed_progress(self, done: int, total: int) -> None:
         bar = self._bar("embed", total, "slice")
         bar.update(done - bar.n)
+        if done >= total:  # finished: the run's bar takes its place
+            bar.close()
 
     def on_step(self, record: dict) -> None:
         bar = self._bar(self.desc, self.total_steps, "step")
@@ -288,9 +316,12 @@ def train_command(
         bars.close()
     if not ranks.is_main:
         return
-    if result.best_val_dice is not None:
-        typer.echo(f"best validation Dice {result.best_val_dice:.3f} at step {result.best_step}: {result.best}")
-    typer.echo(f"model written to {result.model} (sidecar {result.model.with_suffix('.json')})")
+    chosen = result.selection
+    score = f", validation Dice {chosen['val_dice']:.3f}" if chosen.get("val_dice") is not None else ""
+    last = (f"; the last step {chosen['last_step']} is last.pth" + (
+        f" (validation Dice {chosen['last_val_dice']:.3f})" if chosen.get("last_val_dice") is not None else "")
+        if chosen.get("step") != chosen.get("last_step") else "")
+    typer.echo(f"model written to {result.model}: step {chosen.get('step')} ({chosen.get('rule')}{score}){last}")
 
 
 @app.command("adapt")
@@ -335,15 +366,23 @@ def demo_command(
     device: str = typer.Option("cpu", "--device", help="Torch device: cpu, cuda, cuda:1 ..."),
     model: str = typer.Option("tiny", "--model", help="Foundation model: registry name or checkpoint path."),
 ) -> None:
-    """Run the whole pipeline on CT phantoms (phantoms, prepare, embed, evaluate, adapt) into a report."""
+    """Run the whole pipeline on CT phantoms (phantoms, prepare, embed, evaluate, adapt) into a report.
+
+    Says first how long it should take here (measured); OUT/report/summary.md appears once the data is
+    prepared and gains a row as each method finishes. Rerun the same command to continue a stopped demo.
+    """
     from tqdm import tqdm
 
     from samadapt.demo import run_demo
 
-    def bars(desc: str, total: int | None):
-        return tqdm(desc=desc, total=total, dynamic_ncols=True)
+    def bars(desc: str, total: int | None):  # a phase without a count is a status line with its time
+        return tqdm(desc=desc, total=total, dynamic_ncols=True,
+                    bar_format=None if total is not None else "{desc}: {elapsed}")
 
-    summary = run_demo(out, fast=fast, device=device, model=model, bars=bars)
+    def status(line: str) -> None:
+        tqdm.write(f"samadapt demo: {line}", file=sys.stderr)
+
+    summary = run_demo(out, fast=fast, device=device, model=model, bars=bars, status=status)
     typer.echo(f"report: {summary}")
 
 
@@ -358,7 +397,7 @@ def eval_command(
     jitter: str = typer.Option("0,5,10,20", "--jitter", help="Box jitter levels in model-frame pixels (comma list)."),
     out: Path = typer.Option(Path("samadapt-eval"), "--out", help="Report folder (an earlier report is replaced)."),
     device: str = typer.Option("cpu", "--device", help="Torch device: cpu, cuda, cuda:1 ..."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the box jitter noise."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the box jitter noise, simulated prompts and --max-slices."),
     protocol: str = typer.Option(
         "box", "--protocol", help="Comma list: box (always), interactive (Dice after k clicks, NoC@85/90), "
         "robustness (Dice per simulated prompting behaviour and its spread)."
@@ -370,30 +409,51 @@ def eval_command(
     adapter: list[str] | None = typer.Option(
         None, "--adapter", help="A `samadapt adapt` run folder or adapter file (repeatable; with --prompts auto)."
     ),
+    max_slices: str | None = typer.Option(
+        None, "--max-slices", metavar="N", help="Evaluate a random sample of N of the split's slices (drawn with "
+        "--seed, the same for every model); means come with 95% bootstrap intervals either way."
+    ),
+    workers: int = typer.Option(
+        1, "--workers", help="Processes scoring slices at once in the interactive, robustness and automatic "
+        "protocols (CPU; docs/training.md)."
+    ),
 ) -> None:
     """Box-prompt evaluation of models side by side: 2D and 3D scores, jitter sensitivity, overlays.
 
     `--protocol box,interactive,robustness` adds the interactive and human-factor robustness protocols.
     `--prompts auto --adapter RUN` evaluates ProMISe: automatic segmentation per class (with false positives
     on slices without the class), the promptable check and the adapters' cost (docs/promise.md).
+    The slow protocols keep each finished slice in OUT/slice_results/: rerun the same command to resume.
     """
     from tqdm import tqdm
 
     from samadapt.errors import ConfigError
 
-    def bars(desc: str, total: int | None):
-        return tqdm(desc=desc, total=total, unit="slice", dynamic_ncols=True)
+    def bars(desc: str, total: int | None):  # writing the report: a status line with its time
+        return tqdm(desc=desc, total=total, unit="slice", dynamic_ncols=True,
+                    bar_format="{desc}: {elapsed}" if desc == "report" else None)
+
+    import json
+
+    from samadapt.evaluation.slice_sample import estimate_lines, parse_max_slices
+    from samadapt.evaluation.slice_store import check_workers
+
+    def finish(summary: Path) -> None:  # the means with their intervals, then the report's path
+        for line in estimate_lines(json.loads((summary.parent / "evaluation.json").read_text())):
+            typer.echo(line)
+        typer.echo(str(summary))
 
     if prompts not in ("box", "auto"):
         raise ConfigError(f"--prompts {prompts!r}: use box or auto")
+    sample_size, workers = parse_max_slices(max_slices), check_workers(workers, device)
     if prompts == "box" and adapter:
         raise ConfigError("--adapter needs --prompts auto (ProMISe adapters segment without prompts)")
     if prompts == "auto":
         from samadapt.evaluation.auto_protocol import evaluate_automatic
 
         summary = evaluate_automatic(prepared, adapter or [], out, references=model or [], split=split,
-                                     device=device, seed=seed, bars=bars)
-        typer.echo(str(summary))
+                                     device=device, seed=seed, bars=bars, max_slices=sample_size, workers=workers)
+        finish(summary)
         return
 
     from samadapt.evaluation.model_comparison import evaluate_models, parse_jitters
@@ -405,8 +465,8 @@ def eval_command(
     from samadapt.models.registry import DEFAULT_MODEL
 
     summary = evaluate_models(prepared, model or [DEFAULT_MODEL], out, split=split, jitters=levels, device=device,
-                              seed=seed, bars=bars, protocols=protocols)
-    typer.echo(str(summary))
+                              seed=seed, bars=bars, protocols=protocols, max_slices=sample_size, workers=workers)
+    finish(summary)
 
 
 @app.command("phantoms")
@@ -549,12 +609,15 @@ def serve_command(
     max_upload_mb: int = typer.Option(512, "--max-upload-mb", help="Largest accepted upload, MiB."),
     decoder: str = typer.Option(
         "torch", "--decoder", help="Run each click's decoder in torch, or in onnxruntime ('onnx': CPU only, "
-        "2-3x faster per click; needs pip install 'samadapt[export]')."),
+        "2-3x faster per click; needs pip install 'samadapt\\[export]')."),
     encoder_runtime: str = typer.Option(
         "auto", "--encoder-runtime", help="Image encoder on the CPU: auto (onnxruntime for LiteMedSAM's TinyViT), "
         "torch or onnx."),
 ) -> None:
-    """Interactive segmentation in the browser: open or upload a volume, box / click, assign, download NIfTI."""
+    """Interactive segmentation in the browser: open or upload a volume, box / click, assign, download NIfTI.
+
+    Needs the web extra: pip install 'samadapt\\[serve]' (FastAPI and uvicorn).
+    """
     from samadapt.errors import ConfigError
     from samadapt.inference.segmenter import Segmenter
     from samadapt.models.registry import DEFAULT_MODEL

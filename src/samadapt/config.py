@@ -134,6 +134,11 @@ class PrepareConfig:
     - ``min_area``: objects smaller than this many model-frame pixels are dropped.
     - ``keep_empty_ratio``: fraction of slices without objects that are kept (chosen from ``seed``).
     - ``split``: train/val/test fractions of cases; ``seed`` drives the split and empty-slice choice.
+    - ``split_group``: a regular expression whose first group (or whole match) names the subject of a case
+      id, e.g. ``'^(patient\\d+)'``: all cases of a subject share one split, and the fractions count
+      subjects. Without it, case names that look like ``<subject>_<number>`` cut by the split give a warning.
+    - ``split_file``: a JSON file ``{"train": [...], "val": [...], "test": [...]}`` of case ids (of subjects
+      with ``split_group``), or nnU-Net's ``splits_final.json`` (fold 0); it replaces ``split``.
     - ``classes``: class names to keep (``None``: all); other label values become background.
     - ``percentiles``: lower/upper foreground percentiles for percentile normalisation.
     """
@@ -144,6 +149,8 @@ class PrepareConfig:
     min_area: int = 16
     keep_empty_ratio: float = 0.1
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    split_group: str | None = None
+    split_file: str | None = None
     seed: int = 0
     classes: list[str] | None = None
     percentiles: tuple[float, float] = (0.5, 99.5)
@@ -169,6 +176,12 @@ class PrepareConfig:
         if len(split) != 3 or min(split) < 0 or split[0] <= 0 or abs(sum(split) - 1.0) > 1e-6:
             raise bad(f"split={self.split!r}: give three fractions train,val,test summing to 1 (train > 0)")
         self.split = split
+        for key in ("split_group", "split_file"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise bad(f"{key}={value!r}: give a non-empty string")
+        if self.split_file is not None:
+            self.split_file = str(Path(self.split_file).expanduser().resolve())
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise bad(f"seed={self.seed!r}: use a non-negative integer")
         if self.classes is not None:
@@ -235,9 +248,11 @@ class RunConfig:
 
     Engine: AdamW, linear warm-up over ``warmup_steps`` then cosine to ``min_lr_fraction`` x ``lr``,
     ``grad_accum`` micro-batches of ``batch_size`` slices per step, gradient clipping at ``grad_clip``,
-    bf16/fp16 autocast on CUDA when ``amp`` (never on CPU), checkpoints every ``checkpoint_every`` steps,
-    validation on ``val_split`` every ``eval_every`` steps (the best step is kept). A command's config
-    redeclares the fields whose defaults differ.
+    bf16/fp16 autocast on CUDA when ``amp`` (never on CPU), checkpoints every ``checkpoint_every`` steps
+    and also once ``checkpoint_seconds`` have passed since the last one (0: by steps only), so a stopped
+    run on a slow machine loses at most about that much work; validation on ``val_split`` every
+    ``eval_every`` steps (the best step is kept). A command's config redeclares the fields whose defaults
+    differ.
     """
 
     data: str = ""  # the prepared dataset folder (set by `samadapt train|adapt PREPARED`)
@@ -253,6 +268,7 @@ class RunConfig:
     amp: bool = True
     seed: int = 0
     checkpoint_every: int = 50
+    checkpoint_seconds: float = 60.0
     eval_every: int = 50
     val_split: str = "val"
     device: str = "cpu"
@@ -263,7 +279,7 @@ class RunConfig:
         check_choices(self, {"val_split": ("train", "val", "test")}, bad)
         check_integers(self, ("steps", "batch_size", "grad_accum", "checkpoint_every", "eval_every"), 1, bad)
         check_integers(self, ("warmup_steps", "seed"), 0, bad)
-        check_numbers(self, ("weight_decay", "grad_clip"), bad)
+        check_numbers(self, ("weight_decay", "grad_clip", "checkpoint_seconds"), bad)
         check_numbers(self, ("min_lr_fraction",), bad, fraction=True)
         if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
             raise bad(f"lr={self.lr!r}: use a positive number, e.g. {self.lr_example}")
@@ -317,9 +333,12 @@ class FinetuneConfig(RunConfig):
     box settings above do not apply to PHPG.
 
     Engine (:class:`RunConfig`, whose defaults this command keeps): validation Dice with tight boxes, the
-    best step kept as ``best.pth``.
+    best step kept as ``best.pth``, the last as ``last.pth``. ``select_model`` says which of the two becomes
+    ``model.pth``, the run's model that ``eval``, ``segment`` and a run folder resolve to: ``best``
+    (validation Dice; the last step when there is no validation split) or ``last``.
     """
 
+    select_model: str = "best"
     prompting: str = "multi"
     max_prompts_per_slice: int = 32
     train_prompt_encoder: bool = False
@@ -356,7 +375,8 @@ class FinetuneConfig(RunConfig):
 
         self._check_phpg(bad)
         self.check_run_settings(bad)
-        check_choices(self, {"prompting": ("multi", "single"), "box_noise": ("medsam", "sam", "none"),
+        check_choices(self, {"select_model": ("best", "last"), "prompting": ("multi", "single"),
+                             "box_noise": ("medsam", "sam", "none"),
                              "loss": ("dice+bce", "dice+focal"), "prompt_reduction": ("mean", "max"),
                              "pruning": ("none", "class", "global", "random")}, bad)
         check_integers(self, ("max_prompts_per_slice",), 1, bad)

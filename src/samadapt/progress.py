@@ -2,13 +2,19 @@
 
 A :data:`BarFactory` makes one progress bar per stage: ``(description, total)`` -> a context manager whose
 value has ``update(n)`` (tqdm fits). :func:`no_bars` is the silent default; :func:`as_progress` adapts a
-bar to the ``progress(done, total)`` callbacks of long library functions.
+bar to the ``progress(done, total)`` callbacks of long library functions; :func:`bar_on_demand` opens the
+bar only when such a function reports work, so a phase with nothing to do (a finished embedding cache)
+shows no bar at all.
+
+Every phase of a command that can take more than a couple of seconds gets its own bar (``total=None`` for a
+phase without countable parts, e.g. writing a report: a status line), so no bar sits at 100% while unseen
+work goes on. Under ``torchrun`` only rank 0 shows bars.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 
 BarFactory = Callable[[str, int | None], AbstractContextManager]
 
@@ -36,3 +42,19 @@ def as_progress(bar) -> Callable[[int, int], None]:
         state["done"] = done
 
     return progress
+
+
+@contextmanager
+def bar_on_demand(bars: BarFactory, desc: str) -> Iterator[Callable[[int, int], None]]:
+    """A ``progress(done, total)`` callback whose bar ``bars(desc, total)`` opens at the first call and
+    closes when the ``with`` block ends; never called, it shows nothing."""
+    with ExitStack() as stack:
+        opened: list[Callable[[int, int], None]] = []
+
+        def progress(done: int, total: int) -> None:
+            if not opened:
+                opened.append(as_progress(stack.enter_context(bars(desc, total))))
+            opened[0](done, total)
+
+        yield progress
+

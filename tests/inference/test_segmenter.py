@@ -61,6 +61,16 @@ def test_predict_matches_a_direct_decode_for_boxes_and_clicks(tiny, image):
     np.testing.assert_allclose(got.scores, iou, atol=1e-5)
 
 
+def batch_tolerance(logits: torch.Tensor) -> float:
+    """Tolerance for the same prompt decoded in batches of different sizes: 1e-4 of the largest |logit|.
+
+    Other batch sizes run other float32 GEMM kernels, whose sums round differently on each CPU: here they
+    differ by a few ulps of the largest logit (5e-5 at logits up to 88). 1e-4 of the scale is ~100x that,
+    and still far below any difference that matters (masks threshold logits of order 10 at 0).
+    """
+    return 1e-4 * float(logits.abs().max())
+
+
 def test_many_prompts_in_one_call_equal_one_call_each(tiny, image):
     segmenter = Segmenter(tiny)
     segmenter.set_image(image)
@@ -68,7 +78,8 @@ def test_many_prompts_in_one_call_equal_one_call_each(tiny, image):
     together = segmenter.predict(boxes=boxes)
     for i, box in enumerate(boxes):
         alone = segmenter.predict(boxes=box)  # a single 4-vector is one prompt
-        np.testing.assert_allclose(alone.low_res_logits.numpy(), together.low_res_logits[i : i + 1].numpy(), atol=1e-4)
+        np.testing.assert_allclose(alone.low_res_logits.numpy(), together.low_res_logits[i : i + 1].numpy(),
+                                   atol=batch_tolerance(together.low_res_logits))
     assert segmenter.encoder_calls == 1  # set_image embedded once; five predicts only decoded
 
 
@@ -82,7 +93,8 @@ def test_mask_input_and_padded_clicks_reach_the_decoder(tiny, image):
     # ragged click counts: label -1 pads a row, and SAM ignores a padding point's coordinates
     padded = segmenter.predict(points=[[[40, 40], [0, 0]], [[110, 60], [100, 60]]], labels=[[1, -1], [1, 1]])
     elsewhere = segmenter.predict(points=[[40, 40], [140, 90]], labels=[1, -1])
-    np.testing.assert_allclose(padded.low_res_logits[:1].numpy(), elsewhere.low_res_logits.numpy(), atol=1e-4)
+    np.testing.assert_allclose(padded.low_res_logits[:1].numpy(), elsewhere.low_res_logits.numpy(),
+                               atol=batch_tolerance(elsewhere.low_res_logits))
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -144,9 +144,10 @@ def test_lora_wraps_tiny_vit_attention_and_merges_back(micro_tinyvit: Path):
 
 def test_onnxruntime_encoder_matches_torch(micro_tinyvit: Path, tmp_path: Path, monkeypatch):
     monkeypatch.setenv("SAMADAPT_CACHE", str(tmp_path / "cache"))
-    loaded = load_sam(str(micro_tinyvit))
+    loaded = use_encoder_runtime(load_sam(str(micro_tinyvit)), "torch")
     images = _slices(2, seed=3)
     ref_emb, ref_feats = encode_slices(loaded, images, (64, 64), with_features=True)
+    assert loaded.onnx_encoder is None and loaded.encoder_runtime == "torch"
     assert wants_onnx("auto", SPEC, torch.device("cpu"))
     assert not wants_onnx("auto", REGISTRY["test_micro"], torch.device("cpu"))  # ViTs stay in torch
     use_encoder_runtime(loaded, "onnx")
@@ -160,5 +161,8 @@ def test_onnxruntime_encoder_matches_torch(micro_tinyvit: Path, tmp_path: Path, 
     assert path.is_file() and path.name == f"encoder-{encoder_digest(loaded)[:16]}.onnx"
     use_encoder_runtime(loaded, "torch")
     assert loaded.onnx_encoder is None
+    fresh = load_sam(str(micro_tinyvit))  # "auto" (the default) picks onnxruntime for TinyViT on first use
+    encode_slices(fresh, images[:1], (64, 64))
+    assert fresh.encoder_runtime == "onnx" and fresh.onnx_encoder is not None
     with pytest.raises(ConfigError, match="encoder runtime 'fast'"):
         use_encoder_runtime(loaded, "fast")

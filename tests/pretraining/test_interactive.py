@@ -170,3 +170,33 @@ def test_a_few_steps_overfit_one_image():
     with torch.no_grad():
         after = loss_at_fixed_prompts().item()
     assert after < 0.7 * before, (before, after)  # measured 3.27 -> 1.49
+
+
+def test_backward_round_by_round_gives_the_gradients_of_the_whole_loss():
+    """``backward=True`` (what pretraining uses, for memory) computes the gradients of ``loss.backward()``."""
+    image, masks = _scene()
+    x = to_model_input(np.stack([image, image[:, ::-1].copy()]), SPEC)
+    targets = [masks, torch.zeros(0, S, S, dtype=torch.bool), masks.flip(-1)]  # an empty image is skipped
+    x = torch.cat([x[:1], x[:1], x[1:]])
+    recipe = InteractiveRecipe(correction_rounds=3, mask_only_rounds=2)
+    results = []
+    for backward in (False, True):
+        sam = _model()
+        loss, stats = interactive_loss(sam, sam.image_encoder(x), targets, recipe, _gen(3), backward=backward)
+        if not backward:
+            loss.backward()
+        assert not loss.requires_grad or not backward
+        results.append((loss.detach(), stats, {n: p.grad for n, p in sam.named_parameters() if p.grad is not None}))
+    (whole, whole_stats, whole_grads), (rounds, round_stats, round_grads) = results
+    # The forward passes are the same operations on the same values; only how the loss's terms are summed
+    # differs (a mean of means vs. per-round shares), so float32 rounding (~1e-7 relative) is the whole gap.
+    assert whole_stats == round_stats
+    assert rounds.item() == pytest.approx(whole.item(), rel=1e-5)
+    assert whole_grads.keys() == round_grads.keys()
+    assert any(n.startswith("image_encoder.") for n in round_grads)  # the encoder got its gradient too
+    for name, grad in whole_grads.items():
+        # Gradients are sums of 12 round terms (2 images x 6 rounds) accumulated in another order: float32
+        # reassociation error is a few ulps of the largest term. Bound it relative to the tensor's largest
+        # entry (1e-4 of it: ~1000 ulps of margin, far below any real difference, which is O(1) relative).
+        scale = float(grad.abs().max())
+        torch.testing.assert_close(round_grads[name], grad, rtol=1e-4, atol=1e-4 * scale + 1e-12, msg=name)

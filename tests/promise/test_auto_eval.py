@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -127,3 +128,47 @@ def test_cli_writes_the_report(tmp_path, promise_prepared, adapter_run):
     assert result.stdout.strip().endswith("summary.md") and (tmp_path / "r" / "evaluation.json").is_file()
     automatic = json.loads((tmp_path / "r" / "evaluation.json").read_text())["automatic"]
     assert 0 <= automatic[GT_BOXES]["present"]["per_class"]["liver"]["nsd"] <= 1  # surface metrics computed
+
+
+def test_an_interrupted_automatic_eval_resumes_on_its_sample(tmp_path, monkeypatch, promise_prepared, adapter_run):
+    from samadapt.evaluation import auto_protocol
+    from samadapt.evaluation.slice_store import SLICES_DIR
+
+    real = auto_protocol._promptable
+    calls: list[tuple[str, int]] = []
+
+    def counted(setup, case_id, index, *args):
+        calls.append((case_id, index))
+        return real(setup, case_id, index, *args)
+
+    def killed_at_the_third_slice(setup, case_id, index, *args):
+        if len(calls) == 2:
+            raise RuntimeError("killed")
+        return counted(setup, case_id, index, *args)
+
+    def run(out: Path) -> None:
+        evaluate_automatic(promise_prepared, [str(adapter_run)], out, nsd_tolerance_mm=None, max_slices=5, seed=2)
+
+    out = tmp_path / "report"
+    monkeypatch.setattr(auto_protocol, "_promptable", killed_at_the_third_slice)
+    with pytest.raises(RuntimeError, match="killed"):
+        run(out)
+    first = list(calls)
+    monkeypatch.setattr(auto_protocol, "_promptable", counted)
+    calls.clear()
+    run(out)
+    assert len(calls) == 3 and not set(calls) & set(first)  # the two finished slices read back
+    monkeypatch.setattr(auto_protocol, "_promptable", real)
+    run(tmp_path / "fresh")
+    for name in ("automatic_pairs.csv", "promptable.csv", "false_positives.csv", "all_slices_and_3d.csv"):
+        assert (out / name).read_text() == (tmp_path / "fresh" / name).read_text(), name
+    resumed, fresh = (json.loads((folder / "evaluation.json").read_text()) for folder in (out, tmp_path / "fresh"))
+    assert json.dumps({**resumed, "eval_s": 0}) == json.dumps({**fresh, "eval_s": 0})  # text: nan != nan
+    sampled = {(r["case_id"], r["slice"]) for r in _rows(out / "automatic_pairs.csv")}
+    n_slices = sum(promise_prepared.images(c).shape[0] for c in promise_prepared.case_ids("test"))
+    assert len(sampled) == 5 and resumed["estimates"]["sample"] == {
+        "evaluated": 5, "total": n_slices, "max_slices": 5, "seed": 2, "unit": "slices"}
+    assert all(math.isnan(r["dice_3d"]) for r in resumed["all_slices_and_3d"])  # no 3D on a sample
+    assert len(list((out / SLICES_DIR).glob("automatic-*.jsonl"))) == 1
+    text = (out / "summary.md").read_text()
+    assert "## Means with 95% confidence intervals" in text and "false-positive rate" in text

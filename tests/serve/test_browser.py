@@ -41,10 +41,24 @@ def test_draw_a_box_see_the_mask_assign_it_and_download_the_nifti(tiny, data_dir
             page.goto(url)
             expect(page.locator("body")).to_have_attribute("data-ready", "1")
             expect(page.locator("#volume-select")).to_have_value(volume_name)
+            expect(page.locator("#download-link")).to_be_hidden()  # nothing to download before a volume is open
             page.click("#open-btn")
             expect(page.locator("#view")).to_have_attribute("data-loaded", "1")
+            expect(page.locator("#download-link")).to_be_visible()
             k = int(page.get_attribute("#view", "data-slice"))
             assert k == 8 and page.evaluate(COLOURED) == 0  # middle slice, nothing drawn yet
+
+            # the readout under the mouse: the raw HU value and the patient position (mm) of that voxel
+            volume = read_volume(data_dir / volume_name)
+            frame = page.locator("#view").bounding_box()
+            col, row = 20, 30
+            page.mouse.move(frame["x"] + (col + 0.5) * frame["width"] / truth.shape[2],
+                            frame["y"] + (row + 0.5) * frame["height"] / truth.shape[1])
+            readout = page.locator("#readout")
+            expect(readout).to_contain_text(" HU at x ")
+            assert readout.get_attribute("data-value") == str(int(volume.array[k, row, col]))  # identity direction
+            page.mouse.move(frame["x"] - 5, frame["y"] - 5)
+            expect(readout).to_have_text("")
 
             rows, cols = np.nonzero(truth[k])
             frame = page.locator("#view").bounding_box()

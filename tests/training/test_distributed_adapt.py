@@ -46,14 +46,15 @@ def test_torchrun_two_ranks_adapt_like_one_process(micro_prepared, base, tmp_pat
     assert a.keys() == b.keys()
     # Two ranks sum gradients in another order than one process: float32 sums differ in the last bits, and
     # Adam divides each gradient by its own running scale, so a coordinate whose gradient is ~0 (rounding
-    # noise) may take any update in [-lr, lr] per step. The rigorous bound per weight is therefore
-    # 2 * lr * steps; the claim "the same run" is checked where it lives: (almost) every weight agrees to
-    # float32 noise, and the two runs' loss curves agree.
-    bound = 2 * SETTINGS["lr"] * SETTINGS["steps"]
+    # noise) may take up to Adam's largest update, lr * (1 - beta1) / sqrt(1 - beta2) ~ 3.2 lr, per step
+    # (Kingma & Ba, sec. 2.1). The rigorous bound per weight is therefore 2 * 3.2 * lr * steps; the claim
+    # "the same run" is checked where it lives: (almost) every weight agrees to float32 noise (per tensor,
+    # 0.1% of its weights may be noisy coordinates, and at least one: a small bias), and the loss curves agree.
+    bound = 2 * 3.2 * SETTINGS["lr"] * SETTINGS["steps"]
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=bound, msg=key)
-        close = torch.isclose(a[key], b[key], rtol=1e-4, atol=1e-5)
-        assert float(close.float().mean()) >= 0.999, key
+        far = int((~torch.isclose(a[key], b[key], rtol=1e-4, atol=1e-5)).sum())
+        assert far <= max(1, a[key].numel() // 1000), (key, far)
     curves = [[json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
                if "loss" in json.loads(line)] for run in (single, ddp)]
     assert len(curves[0]) == len(curves[1]) == SETTINGS["steps"]

@@ -124,3 +124,65 @@ def test_autocast_is_for_cuda_only_and_settings_come_from_a_method_config():
     assert scaler is None
     settings = EngineSettings.from_config(FinetuneConfig(steps=7, lr=1e-3, grad_accum=2))
     assert (settings.steps, settings.lr, settings.grad_accum, settings.amp) == (7, 1e-3, 2, True)
+
+
+class _Clock:
+    """Stands in for the engine's ``time`` module: real wall time, a monotonic clock the test advances."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        import time
+
+        return time.time()
+
+    def perf_counter(self) -> float:
+        import time
+
+        return time.perf_counter()
+
+
+def test_slow_steps_are_checkpointed_on_time_and_resume_exactly(tmp_path: Path, monkeypatch):
+    """25 s per step, checkpoint_every far away, checkpoint_seconds=60: a checkpoint after steps 3, 6, 9."""
+    import samadapt.training.engine as engine
+
+    clock = _Clock()
+    monkeypatch.setattr(engine, "time", clock)
+    settings = _settings(checkpoint_every=1000, checkpoint_seconds=60.0)
+    model, named, compute_loss = _problem()
+    run_training(tmp_path / "straight", named, settings, compute_loss, CPU)
+    straight = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    model, named, compute_loss = _problem()
+    saved_steps = []
+
+    def slow_loss(step, micro, generator):
+        clock.now += 25.0
+        return compute_loss(step, micro, generator)
+
+    def kill_at_8(record):
+        state = tmp_path / "killed" / "state.pt"
+        if state.is_file():
+            saved_steps.append(torch.load(state, weights_only=True)["step"])
+        if record["step"] == 8:
+            raise KilledError
+
+    with pytest.raises(KilledError):
+        run_training(tmp_path / "killed", named, settings, slow_loss, CPU, on_step=kill_at_8)
+    assert sorted(set(saved_steps)) == [3, 6]  # by time; by steps alone nothing before the end
+    model, named, compute_loss = _problem(seed=5)
+    result = run_training(tmp_path / "killed", named, settings, compute_loss, CPU)
+    assert result.steps == 12 and result.steps_run == 6
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, straight[key]), key
+
+    from samadapt.config import FinetuneConfig
+    from samadapt.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="checkpoint_seconds"):
+        FinetuneConfig(checkpoint_seconds=-1)
+    assert EngineSettings.from_config(FinetuneConfig(checkpoint_seconds=5)).checkpoint_seconds == 5

@@ -39,10 +39,26 @@ def test_only_the_decoder_changes_and_checkpoints_load(micro_prepared, base, run
     loaded = load_sam(str(result.model))
     assert loaded.spec.image_size == 64
     sidecar = json.loads(result.model.with_suffix(".json").read_text())
-    assert sidecar["base_model"] == str(base) and sidecar["training"]["steps"] == 6
-    assert sidecar["data"]["hash"] == micro_prepared.hash
+    assert sidecar["base_model"] == str(base) and sidecar["data"]["hash"] == micro_prepared.hash
     assert result.best is not None and result.best.is_file()
     assert [s for s, _ in result.curve] == [3, 6] and result.best_val_dice == max(v for _, v in result.curve)
+    # model.pth is the selected model: the best validation step, said in its sidecar; last.pth the last step
+    best_step = max(result.curve, key=lambda point: point[1])[0]
+    assert sidecar["selection"] == {"rule": "best", "step": best_step, "val_dice": result.best_val_dice,
+                                    "last_step": 6, "last_val_dice": result.curve[-1][1]}
+    assert sidecar["training"]["steps"] == best_step and sidecar["training"]["wall_s"] > 0
+    assert read_state_dict(result.model).keys() == read_state_dict(result.best).keys()
+    assert all(torch.equal(v, read_state_dict(result.best)[k]) for k, v in read_state_dict(result.model).items())
+    last = json.loads((run_dir / "last.json").read_text())
+    assert last["training"]["steps"] == 6
+
+
+def test_select_last_keeps_the_last_step(micro_prepared, base, run_dir):
+    result = _run(run_dir, _config(micro_prepared, base, select_model="last", steps=4, eval_every=2))
+    sidecar = json.loads(result.model.with_suffix(".json").read_text())
+    assert sidecar["selection"]["rule"] == "last" and sidecar["selection"]["step"] == 4
+    assert all(torch.equal(v, read_state_dict(run_dir / "last.pth")[k])
+               for k, v in read_state_dict(result.model).items())
     assert (run_dir / "config.yaml").is_file() and list((run_dir / "tensorboard").iterdir())
 
 

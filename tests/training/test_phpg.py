@@ -122,7 +122,8 @@ def test_phpg_training_learns_and_saves_a_plain_sam_with_its_error_head(micro_pr
     assert load_sam(str(result.model)).spec.image_size == 64  # model.pth: a plain SAM state dict
     head = load_error_head(run_dir / "error_head.pth")
     sidecar = json.loads((run_dir / "error_head.json").read_text())
-    assert sidecar["model"] == "model.pth" and sidecar["training"]["config"]["objective"] == "phpg"
+    # the head is trained with the decoder of the last step: it names last.pth (model.pth is the selected step)
+    assert sidecar["model"] == "last.pth" and sidecar["training"]["config"]["objective"] == "phpg"
     assert head.embed_dim == 32
     assert "PHPG" in json.loads(result.model.with_suffix(".json").read_text())["description"]
 

@@ -33,6 +33,8 @@ Overlapping instance masks: the later one (higher value) wins the overlapping pi
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import zlib
 from collections.abc import Callable
@@ -185,13 +187,17 @@ def _keep_empty(case_id: str, n_empty: int, ratio: float, seed: int) -> np.ndarr
     return np.sort(rng.choice(n_empty, size=k, replace=False)) if k else np.zeros(0, dtype=int)
 
 
-def assign_splits(case_ids: list[str], fractions: tuple[float, float, float], seed: int) -> dict[str, str]:
-    """Case-level train/val/test split, deterministic from ``seed``.
+def assign_splits(case_ids: list[str], fractions: tuple[float, float, float], seed: int,
+                  groups: dict[str, str] | None = None) -> dict[str, str]:
+    """Train/val/test split of cases, deterministic from ``seed``; with ``groups`` (case id -> group, e.g. the
+    patient), whole groups are split, so all cases of a group share one split.
 
-    Counts are ``round(n * fraction)`` for val and test; with ``n >= 3`` each of val and test with a
-    positive fraction gets at least one case, and train always keeps at least one.
+    Counts (of groups, or of cases without ``groups``) are ``round(n * fraction)`` for val and test; with
+    ``n >= 3`` each of val and test with a positive fraction gets at least one, and train always keeps at
+    least one.
     """
-    ids = sorted(case_ids)
+    groups = groups or {cid: cid for cid in case_ids}
+    ids = sorted({groups[cid] for cid in case_ids})
     n = len(ids)
     order = [ids[i] for i in np.random.default_rng(seed).permutation(n)]
     n_val, n_test = (int(round(n * f)) for f in fractions[1:])
@@ -203,10 +209,96 @@ def assign_splits(case_ids: list[str], fractions: tuple[float, float, float], se
             n_val -= 1
         else:
             n_test -= 1
-    splits = {}
-    for i, case_id in enumerate(order):
-        splits[case_id] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
-    return splits
+    of_group = {}
+    for i, group in enumerate(order):
+        of_group[group] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+    return {cid: of_group[groups[cid]] for cid in case_ids}
+
+
+def case_groups(case_ids: list[str], pattern: str) -> dict[str, str]:
+    """Group of each case: the first capture group of ``pattern`` in its id (the whole match without one).
+
+    Raises :class:`ConfigError` naming a case the pattern does not match.
+    """
+    try:
+        regex = re.compile(pattern)
+    except re.error as err:
+        raise ConfigError(f"prepare setting split_group={pattern!r}: not a regular expression ({err})") from None
+    groups = {}
+    for cid in case_ids:
+        found = regex.search(cid)
+        if found is None:
+            raise ConfigError(f"prepare setting split_group={pattern!r} does not match case '{cid}'; give a "
+                              "pattern that names the patient of every case, e.g. '^(patient\\d+)'")
+        groups[cid] = found.group(1) if regex.groups else found.group(0)
+    return groups
+
+
+def read_split_file(path: str | os.PathLike[str], case_ids: list[str],
+                    groups: dict[str, str] | None = None) -> dict[str, str]:
+    """Splits from a JSON file: ``{"train": [...], "val": [...], "test": [...]}``, or nnU-Net's
+    ``splits_final.json`` (a list of folds of ``{"train", "val"}``; fold 0 is used, no test cases).
+
+    Entries are case ids, or group names when ``groups`` is given. Every case must be listed exactly once.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{path}: unreadable split file ({type(err).__name__}); give a JSON file "
+                          '{"train": [...], "val": [...], "test": [...]}') from None
+    if isinstance(data, list) and data and isinstance(data[0], dict):
+        data = data[0]  # nnU-Net: fold 0
+    if not isinstance(data, dict) or not set(data) <= {"train", "val", "test"} or not all(
+            isinstance(v, list) for v in data.values()):
+        raise ConfigError(f"{path}: a split file maps train, val and test to lists of case ids")
+    key_of = groups or {cid: cid for cid in case_ids}
+    listed: dict[str, str] = {}
+    for split, names in data.items():
+        for name in names:
+            if str(name) in listed:
+                raise ConfigError(f"{path}: '{name}' is listed in both {listed[str(name)]} and {split}")
+            listed[str(name)] = split
+    missing = sorted({key for key in key_of.values() if key not in listed})
+    if missing:
+        raise ConfigError(f"{path}: {len(missing)} of the dataset's cases are in no split (e.g. '{missing[0]}'); "
+                          "list every case (or group) once")
+    return {cid: listed[key_of[cid]] for cid in case_ids}
+
+
+_SUSPECTED_GROUP = re.compile(r"^(.+?)[_\-.][A-Za-z]*\d+$")
+"""A case id that looks like ``<subject>_<frame or slice>`` (``patient001_frame01``, ``10001_458``)."""
+
+
+def cut_groups(splits: dict[str, str]) -> list[str]:
+    """Subjects that case names suggest (``<subject>_<number>``) and that the split puts in several splits."""
+    seen: dict[str, set[str]] = {}
+    for cid, split in splits.items():
+        found = _SUSPECTED_GROUP.match(cid)
+        if found is not None:
+            seen.setdefault(found.group(1), set()).add(split)
+    return sorted(group for group, where in seen.items() if len(where) > 1)
+
+
+def resolve_splits(case_ids: list[str], config: PrepareConfig) -> tuple[dict[str, str], list[str]]:
+    """The split of every case from the settings (``split_file``, else ``split_group``, else per case), and
+    the warnings a user should read (a one-case dataset; subjects the split cuts)."""
+    groups = case_groups(case_ids, config.split_group) if config.split_group else None
+    if config.split_file:
+        splits = read_split_file(config.split_file, case_ids, groups)
+    else:
+        splits = assign_splits(case_ids, config.split, config.seed, groups)
+    warnings = []
+    if len(case_ids) == 1:
+        warnings.append(f"only one case ('{case_ids[0]}'): it is in train, so val and test are empty and `samadapt "
+                        "eval` has nothing to score; add cases (a 2D folder: one image per case)")
+    cut = cut_groups(splits) if groups is None and not config.split_file else []
+    if cut:
+        warnings.append(
+            f"case names suggest {len(cut)} subject(s) with cases in several splits (e.g. '{cut[0]}'); if these "
+            "are one patient's scans, test scores measure memorisation: rerun prepare with "
+            "--split-group '^(<subject pattern>)' or --split-file splits.json")
+    return splits, warnings
 
 
 # ----------------------------------------------------------------------------- per-case work
@@ -353,8 +445,49 @@ def _folder2d_values(dataset, wanted: list[str] | None, source: Path) -> tuple[l
     return _select_classes(available, wanted, source), value_of
 
 
+SPACING_FILE = "spacing.json"
+
+
+def read_spacing_2d(root: Path, stems: list[str]) -> tuple[dict[str, tuple[float, float]], Path | None]:
+    """Pixel size in mm of each 2D image: ``(row, col)`` from ``<root>/spacing.json``, else 1 mm (unknown).
+
+    The file maps image stems to a number (square pixels) or ``[row_mm, col_mm]``; a ``"default"`` entry
+    serves the images it does not name. Returns the spacings and the file (None when there is none).
+    Raises :class:`DatasetError` naming the file for bad values or images it leaves without a spacing.
+    """
+    path = root / SPACING_FILE
+    if not path.is_file():
+        return {stem: (1.0, 1.0) for stem in stems}, None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise DatasetError(f"{path}: unreadable ({type(err).__name__}); give JSON {{\"<image stem>\": "
+                           "[row_mm, col_mm] or mm, \"default\": mm}") from None
+
+    def pair(key: str, value) -> tuple[float, float]:
+        values = [value, value] if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+        if (not isinstance(values, list) or len(values) != 2 or any(isinstance(v, bool) for v in values)
+                or not all(isinstance(v, (int, float)) and 0 < v < 1e3 for v in values)):
+            raise DatasetError(f"{path}: '{key}' must be a pixel size in mm, a positive number or [row_mm, col_mm]")
+        return float(values[0]), float(values[1])
+
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path}: give an object mapping image stems (or \"default\") to pixel sizes in mm")
+    default = pair("default", data["default"]) if "default" in data else None
+    spacings = {}
+    for stem in stems:
+        if stem in data:
+            spacings[stem] = pair(stem, data[stem])
+        elif default is not None:
+            spacings[stem] = default
+        else:
+            raise DatasetError(f"{path}: no pixel size for image '{stem}'; add it or a \"default\" entry")
+    return spacings, path
+
+
 def _folder2d_case(case, classes: list[ClassSpec], value_of: dict, config: PrepareConfig,
-                   params: dict, sources: list[list]) -> _CaseResult | None:
+                   params: dict, sources: list[list], spacing: tuple[float, float] = (1.0, 1.0),
+                   spacing_known: bool = False) -> _CaseResult | None:
     from samadapt.io.image2d import read_image_2d, read_mask_2d
 
     image = read_image_2d(case.image_path)
@@ -388,7 +521,8 @@ def _folder2d_case(case, classes: list[ClassSpec], value_of: dict, config: Prepa
         "source_image": str(case.image_path), "source_label": None, "geometry": geometry.to_dict(),
         "axis": "2d", "slice_indices": [0], "source_hw": [h, w],
         "valid_hw": list(frame_shape(h, w, config.image_size)),
-        "pixel_spacing_mm": list(model_frame_spacing((1.0, 1.0), (h, w), config.image_size)),
+        "pixel_spacing_mm": list(model_frame_spacing(spacing, (h, w), config.image_size)),
+        "source_spacing_mm": list(spacing), "spacing_known": spacing_known,
         "slice_spacing_mm": 1.0, "flip_hw": [False, False], "window": window.to_dict(), "params": params,
         "source_masks": {str(value): str(inst.path) for value, inst in painted}, "source_files": sources,
     }
@@ -436,6 +570,8 @@ def prepare_dataset(source: str | Path, out: str | Path, config: PrepareConfig,
     layout, dataset = _read_source(source)
     if not dataset.cases:
         raise DatasetError(f"{source}: holds no cases; add images (and labels) in its {layout} layout")
+    if config.split_group:  # a pattern that misses a case fails now, not after the whole scan
+        case_groups([case.case_id for case in dataset.cases], config.split_group)
 
     if layout == "nnunet":
         available = [(c.name, tuple(c.values)) for c in dataset.classes]
@@ -447,6 +583,7 @@ def prepare_dataset(source: str | Path, out: str | Path, config: PrepareConfig,
         classes, value_of = _folder2d_values(dataset, config.classes, source)
         window = parse_window(config.window, percentiles=config.percentiles)  # resolved per image
         name, axis = source.name, "2d"
+        spacings, spacing_file = read_spacing_2d(source, [c.case_id for c in dataset.cases])
     if not classes:
         raise DatasetError(f"{source}: declares no label classes; add labels (or masks) to the dataset")
     params = {**config_to_dict(config), "axis": axis, "window_resolved": window.to_dict(), "layout": layout,
@@ -464,7 +601,8 @@ def prepare_dataset(source: str | Path, out: str | Path, config: PrepareConfig,
         if layout == "nnunet":
             files = [case.image_paths[0]] + ([case.label_path] if case.label_path is not None else [])
         else:
-            files = [case.image_path] + [inst.path for inst in case.instances]
+            files = [case.image_path] + [inst.path for inst in case.instances] + (
+                [spacing_file] if spacing_file is not None else [])
         sources = source_signature(files)
         if case_is_complete(out, case_id, params, sources):
             folder = case_dir(out, case_id)
@@ -479,7 +617,8 @@ def prepare_dataset(source: str | Path, out: str | Path, config: PrepareConfig,
                     result = _volume_case(case, classes, declared, dataset.ignore_label, window, config,
                                           params, sources)
             else:
-                result = _folder2d_case(case, classes, value_of, config, params, sources)
+                result = _folder2d_case(case, classes, value_of, config, params, sources, spacings[case_id],
+                                        spacing_file is not None)
             if result is None:
                 if not any(s["case_id"] == case_id for s in skipped):
                     skipped.append({"case_id": case_id, "reason": "no objects and no empty slice drawn"})
@@ -492,7 +631,7 @@ def prepare_dataset(source: str | Path, out: str | Path, config: PrepareConfig,
     if not done or sum(n for _, n in done.values()) == 0:
         raise DatasetError(f"{source}: no objects of at least {config.min_area} model-frame pixels in any "
                            "case; check the labels, the classes setting or lower --min-area")
-    splits = assign_splits(list(done), config.split, config.seed)
+    splits, warnings = resolve_splits(list(done), config)
     cases = [{"case_id": cid, "split": splits[cid], "n_slices": done[cid][0], "n_objects": done[cid][1]}
              for cid in sorted(done)]
     manifest = {
@@ -503,6 +642,7 @@ def prepare_dataset(source: str | Path, out: str | Path, config: PrepareConfig,
         "cases": cases, "split_seed": config.seed,
         "hash": dataset_hash(out, params, cases),
         "skipped": skipped,
+        "warnings": warnings,
     }
     save_config(config, out / "config.yaml")
     write_manifest(out, manifest)

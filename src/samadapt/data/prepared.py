@@ -137,9 +137,18 @@ def source_signature(paths: Iterable[str | os.PathLike[str]]) -> list[list]:
     return signature
 
 
+SPLIT_SETTINGS = ("split", "split_group", "split_file")
+"""Prepare settings that decide the split only: a new split rewrites the manifest, never a case shard."""
+
+
+def _shard_params(params: dict) -> dict:
+    return {k: v for k, v in params.items() if k not in SPLIT_SETTINGS}
+
+
 def case_is_complete(out: str | os.PathLike[str], case_id: str, params: dict,
                      sources: list[list] | None = None) -> bool:
-    """True when the case folder holds every shard file and was written with exactly ``params``.
+    """True when the case folder holds every shard file and was written with exactly ``params`` (the split
+    settings aside: they do not change a shard).
 
     With ``sources`` (a :func:`source_signature`), the shard must also come from those very files.
     """
@@ -150,7 +159,9 @@ def case_is_complete(out: str | os.PathLike[str], case_id: str, params: dict,
         meta = json.loads((folder / "meta.json").read_text())
     except (OSError, ValueError):
         return False
-    if not isinstance(meta, dict) or _canonical(meta.get("params")) != _canonical(params):
+    if not isinstance(meta, dict) or not isinstance(meta.get("params"), dict):
+        return False
+    if _canonical(_shard_params(meta["params"])) != _canonical(_shard_params(params)):
         return False
     return sources is None or _canonical(meta.get("source_files")) == _canonical(sources)
 

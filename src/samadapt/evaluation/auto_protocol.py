@@ -20,14 +20,20 @@ Scores. *Present pairs*: Dice / IoU / NSD / HD95 (the per-class tables; 2D). *Ab
 positive is any predicted pixel; the false-positive rate per class is FP pairs / absent pairs, with the mean
 false-positive area. *All pairs*: Dice with the empty convention (absent and nothing predicted: 1; any
 false positive: 0). *3D*: per case and class, Dice over all the case's evaluated slices together (voxel
-counts; false positives on absent slices count), averaged over cases.
+counts; false positives on absent slices count), averaged over cases; not on a sample of slices.
 
 **Promptable check.** Every object of every slice with objects, prompted with its tight box and with a
 ground-truth point set (8 positive clicks inside, 8 negative near it, :mod:`samadapt.prompts.point_sets`,
-seeded): frozen SAM (single-mask output, SAM's choice for boxes and multi-click prompts) against each
-adapter with IPS (its shift and its decoder output). Dice and IoU per class (no surface metrics: speed).
+seeded per slice from ``(seed, case, slice)``): frozen SAM (single-mask output, SAM's choice for boxes and
+multi-click prompts) against each adapter with IPS (its shift and its decoder output). Dice and IoU per
+class (no surface metrics: speed).
 
 **Cost.** Each adapter's trainable parameters, training steps, wall time and time per epoch, from its sidecar.
+
+**Long runs.** Each finished slice's rows go to ``out/slice_results/automatic-<key>.jsonl`` at once, and a
+rerun into ``out`` reads them back (:mod:`samadapt.evaluation.slice_store`); ``max_slices`` evaluates a
+seeded random sample of the slices, and the report gives the headline means with 95% bootstrap-over-slices
+intervals (:mod:`samadapt.evaluation.slice_sample`); ``workers`` processes score slices at once.
 """
 
 from __future__ import annotations
@@ -49,13 +55,37 @@ from samadapt.evaluation.metrics import dice, iou, mean_scores, per_class_mean, 
 from samadapt.evaluation.model_comparison import REPORT_MARKER, _check_out, model_labels
 from samadapt.evaluation.overlays import save_overlays
 from samadapt.evaluation.report import MethodResult, summary_table, write_report
+from samadapt.evaluation.slice_sample import (
+    INTERVAL_METHOD,
+    Estimate,
+    bootstrap_estimate,
+    describe_sample,
+    estimates_json,
+    estimates_table,
+    parse_max_slices,
+    sample_slices,
+)
+from samadapt.evaluation.slice_store import (
+    SLICES_DIR,
+    SliceKey,
+    SliceStore,
+    check_workers,
+    copy_stores,
+    score_slices,
+    slice_seed,
+)
 from samadapt.inference.decode import decode
 from samadapt.io.atomic import atomic_dir, write_json_atomic
-from samadapt.models.embedding_cache import EmbeddingCache, resolve_device
+from samadapt.models.embedding_cache import EmbeddingCache, ensure_cache, resolve_device
 from samadapt.models.sam import LoadedModel, load_sam, resolve_checkpoint
 from samadapt.progress import BarFactory, as_progress, no_bars
-from samadapt.promise.adapt import embedding_cache_for
-from samadapt.promise.adapter import PromiseAdapter, load_adapter, load_base_model, read_adapter_sidecar
+from samadapt.promise.adapter import (
+    PromiseAdapter,
+    load_adapter,
+    load_base_model,
+    read_adapter_sidecar,
+    sam_digest,
+)
 from samadapt.promise.apm import class_priors
 from samadapt.promise.objective import ground_truth_prompts, prompts_to
 from samadapt.promise.predict import automatic_masks, prompted_masks, to_model_frame
@@ -152,8 +182,10 @@ def _pct(value: float) -> str:
     return "-" if math.isnan(value) else f"{100 * value:.1f}"
 
 
-def _all_pairs_and_3d(methods: Sequence[AutoMethod], classes: list[str]) -> tuple[str, list[dict]]:
-    """Markdown table: Dice over all pairs (empty convention) and 3D Dice per class; CSV rows."""
+def _all_pairs_and_3d(methods: Sequence[AutoMethod], classes: list[str], volumes: bool = True
+                      ) -> tuple[str, list[dict]]:
+    """Markdown table: Dice over all pairs (empty convention) and 3D Dice per class (nan without ``volumes``:
+    on a sample of slices); CSV rows."""
     header = "| class | " + " | ".join(f"{m.name}: all slices / 3D" for m in methods) + " |"
     lines, csv_rows = [header, "|" + "---|" * (len(methods) + 1)], []
     means = {m.name: ([], []) for m in methods}
@@ -163,7 +195,7 @@ def _all_pairs_and_3d(methods: Sequence[AutoMethod], classes: list[str]) -> tupl
             rows = [r for r in m.rows if r["class"] == name]
             all_dice = float(np.mean([r["dice"] for r in rows])) if rows else math.nan
             per_case = []
-            for case in dict.fromkeys(r["case_id"] for r in rows):
+            for case in dict.fromkeys(r["case_id"] for r in rows) if volumes else ():
                 case_rows = [r for r in rows if r["case_id"] == case]
                 inter = sum(r["intersection"] for r in case_rows)
                 total = sum(r["area"] + r["predicted_area"] for r in case_rows)
@@ -274,11 +306,11 @@ def _set_up(dataset: PreparedDataset, adapters: Sequence[str], references: Seque
     classes = classes or list(dataset.class_names)
     with_features = any(a.has_apm for a in loaded_adapters)
     with bars("embed", None) as bar:
-        cache = embedding_cache_for(dataset, base, with_features, device, Ranks(), as_progress(bar))
+        cache = ensure_cache(dataset, base, with_features, device, Ranks(), as_progress(bar))
     refs = []
     for model, label in zip(references, model_labels(list(references)), strict=True):
         loaded = load_sam(model, device=device)
-        refs.append((f"{label} + GT boxes", loaded, embedding_cache_for(dataset, loaded, False, device, Ranks(), None)))
+        refs.append((f"{label} + GT boxes", loaded, ensure_cache(dataset, loaded, False, device, Ranks(), None)))
     taken: set[str] = set()
     entries = [(_adapter_label(str(path), info, taken), str(path), info, adapter)
                for path, info, adapter in zip(adapters, infos, loaded_adapters, strict=True)]
@@ -338,12 +370,13 @@ def _predict_slice(setup: _Setup, case_id: str, index: int, objects: list[SliceO
 
 
 def _promptable(setup: _Setup, case_id: str, index: int, objects: list[SliceObject], valid_hw: tuple[int, int],
-                embedding: torch.Tensor, generator: torch.Generator) -> None:
+                embedding: torch.Tensor, generator: torch.Generator) -> dict[str, list[dict]]:
     """Score every object of one slice with its box and its point set: frozen SAM and each IPS adapter (IPS is
-    class-agnostic: every object counts, whatever the APM's classes)."""
+    class-agnostic: every object counts, whatever the APM's classes). ``{"<model>, <kind>": rows}``."""
+    found: dict[str, list[dict]] = {name: [] for name in setup.prompted}
     kept = list(objects)
     if not kept:
-        return
+        return found
     masks = np.stack([setup.dataset.object_mask(case_id, o) for o in kept])
     runs = [("frozen SAM", None, False)]
     runs += [(label, a.token_shift(embedding), a.multimask) for label, _, _, a in setup.adapters if a.has_ips]
@@ -355,9 +388,80 @@ def _promptable(setup: _Setup, case_id: str, index: int, objects: list[SliceObje
                                        setup.dataset.image_size, valid_hw).cpu().numpy()
             for obj, pred, gt in zip(kept, predicted, masks, strict=True):
                 scores = _scores(setup.dataset, case_id, pred, gt, None)  # the check reports Dice
-                setup.prompted[f"{label}, {kind}"].rows.append({
+                found[f"{label}, {kind}"].append({
                     "case_id": case_id, "slice": index, "class": obj.class_name, "instance": obj.instance,
                     "area": obj.area, **scores})
+    return found
+
+
+def _slice_inputs(setup: _Setup, case_id: str, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The slice's embedding ``1xCxgxg`` (and encoder features when an adapter has an APM) on the device."""
+    embedding = _embedding(setup.cache, case_id, index, setup.device)
+    features = None
+    if setup.with_features:
+        features = torch.tensor(np.array(setup.cache.features(case_id)[index : index + 1]),
+                                dtype=torch.float32).to(setup.device)
+    return embedding, features
+
+
+@dataclass
+class _AutoJob:
+    """Everything evaluated on one slice: ``job((case_id, slice))`` -> ``{"automatic": {method: pair rows},
+    "promptable": {name: object rows}}``. Picklable, so that worker processes can run it."""
+
+    setup: _Setup
+    objects: dict[SliceKey, list[SliceObject]]
+    seed: int
+
+    def __call__(self, key: SliceKey) -> dict:
+        setup, (case_id, index) = self.setup, key
+        objects = self.objects[key]
+        with torch.no_grad():
+            valid_hw = tuple(setup.dataset.meta(case_id)["valid_hw"])
+            truth = _slice_truth(setup.dataset, case_id, index, objects, setup.classes)
+            embedding, features = _slice_inputs(setup, case_id, index)
+            predictions = _predict_slice(setup, case_id, index, objects, valid_hw, embedding, features)
+            automatic = {}
+            for method in setup.methods:
+                covered = setup.classes
+                if method.kind == "adapter":
+                    covered = next(a.classes for label, _, _, a in setup.adapters if label == method.name)
+                pred = predictions[method.name]
+                automatic[method.name] = [
+                    _pair_row(setup.dataset, case_id, index, name, pred[k], truth[k], setup.nsd_tolerance_mm)
+                    for k, name in enumerate(setup.classes) if name in covered]
+            generator = torch.Generator().manual_seed(slice_seed(self.seed, 0, key))
+            promptable = _promptable(setup, case_id, index, objects, valid_hw, embedding, generator)
+        return {"automatic": automatic, "promptable": promptable}
+
+
+def _store_identity(setup: _Setup, seed: int) -> dict:
+    """What the per-slice results depend on: data, split, every model's weights and caches, the settings."""
+    return {
+        "prepared": setup.dataset.hash, "split": setup.split, "classes": setup.classes,
+        "base": sam_digest(setup.base.sam), "embeddings": setup.cache.signature,
+        "adapters": [{"label": label, "weights": sam_digest(adapter), "spec": adapter.spec.to_dict()}
+                     for label, _, _, adapter in setup.adapters],
+        "references": [{"label": label, "weights": sam_digest(model.sam), "embeddings": cache.signature}
+                       for label, model, cache in setup.references],
+        "presence_threshold": setup.presence_threshold, "nsd_tolerance_mm": setup.nsd_tolerance_mm, "seed": seed,
+    }
+
+
+def _overlay_slices(setup: _Setup, slices: list[tuple[str, int, list[SliceObject]]]) -> None:
+    """Every method's class masks of ``slices`` (a few), for the overlay images: predicted again here, so a
+    resumed evaluation draws the same overlays as an uninterrupted one."""
+    with torch.no_grad():
+        for case_id, index, objects in slices:
+            valid_hw = tuple(setup.dataset.meta(case_id)["valid_hw"])
+            truth = _slice_truth(setup.dataset, case_id, index, objects, setup.classes)
+            embedding, features = _slice_inputs(setup, case_id, index)
+            predictions = _predict_slice(setup, case_id, index, objects, valid_hw, embedding, features)
+            pseudo = [SliceObject(case_id, index, name, k + 1, 0, (), int(truth[k].sum()), (0, 0, 0, 0))
+                      for k, name in enumerate(setup.classes)]
+            for method in setup.methods:
+                setup.overlays[method.name].append(
+                    SlicePrediction(case_id, index, pseudo, predictions[method.name], truth))
 
 
 def evaluate_automatic(
@@ -372,6 +476,8 @@ def evaluate_automatic(
     nsd_tolerance_mm: float | None = 2.0,
     overlay_count: int = 3,
     bars: BarFactory = no_bars,
+    max_slices: int | None = None,
+    workers: int = 1,
 ) -> Path:
     """Evaluate ProMISe adapters automatically and promptably on ``split`` (module docstring); write ``out``.
 
@@ -381,10 +487,18 @@ def evaluate_automatic(
         out: report folder, written as a whole (an earlier eval report there is replaced).
         references: SAM-format models (e.g. ``samadapt train`` runs' ``model.pth``) scored with ground-truth
             boxes, beside frozen SAM with boxes.
-        seed: seed of the promptable check's point sets.
+        seed: seed of the promptable check's point sets (drawn per slice from ``(seed, case, slice)``) and of
+            the ``max_slices`` sample.
         presence_threshold: below this presence probability an adapter leaves a class empty.
         nsd_tolerance_mm: NSD's boundary tolerance; None skips NSD and HD95 (several times faster).
         overlay_count: slices (those with most classes) drawn with every method's masks.
+        max_slices: evaluate a seeded random sample of this many of the split's slices (``seed``; the same for
+            every method; :mod:`~samadapt.evaluation.slice_sample`); None: every slice. The report gives each
+            headline mean with a bootstrap-over-slices 95% interval either way.
+        workers: processes scoring slices at once (CPU; :mod:`~samadapt.evaluation.slice_store`).
+
+    Each finished slice is kept in ``out/slice_results/automatic-<key>.jsonl`` (keyed by the data, split,
+    every model's weights and the settings); a rerun into ``out`` reads those slices back.
 
     Returns:
         The path of ``out/summary.md``.
@@ -402,6 +516,8 @@ def evaluate_automatic(
     if not 0.0 <= presence_threshold <= 1.0:
         raise ConfigError(f"presence threshold {presence_threshold}: use a probability between 0 and 1")
     torch_device = resolve_device(device)
+    max_slices = parse_max_slices(max_slices)
+    workers = check_workers(workers, torch_device)
     for path in adapters:
         read_adapter_sidecar(path)
     for model in references:
@@ -411,53 +527,67 @@ def evaluate_automatic(
         raise DatasetError(f"{dataset.root}: split '{split}' has no slices with objects; choose another --split")
     _check_out(out, dataset.root)
     setup = _set_up(dataset, adapters, references, split, torch_device, presence_threshold, nsd_tolerance_mm, bars)
-    generator = torch.Generator().manual_seed(seed)
-    shown = {(c, s) for c, s, _ in sorted(slices, key=lambda x: (-len({o.class_name for o in x[2]}), x[0],
+    chosen = sample_slices(slices, max_slices, seed)
+    shown = {(c, s) for c, s, _ in sorted(chosen, key=lambda x: (-len({o.class_name for o in x[2]}), x[0],
                                                                  x[1]))[:overlay_count]}
+    store = SliceStore(out / SLICES_DIR, "automatic", _store_identity(setup, seed))
+    job = _AutoJob(setup, {(c, i): objects for c, i, objects in chosen}, seed)
     started = time.perf_counter()
-    with torch.no_grad(), bars(f"eval automatic ({split})", len(slices)) as bar:
-        for case_id, index, objects in slices:
-            valid_hw = tuple(dataset.meta(case_id)["valid_hw"])
-            truth = _slice_truth(dataset, case_id, index, objects, setup.classes)
-            embedding = _embedding(setup.cache, case_id, index, torch_device)
-            features = None
-            if setup.with_features:
-                features = torch.tensor(np.array(setup.cache.features(case_id)[index : index + 1]),
-                                        dtype=torch.float32).to(torch_device)
-            predictions = _predict_slice(setup, case_id, index, objects, valid_hw, embedding, features)
-            for method in setup.methods:
-                covered = setup.classes
-                if method.kind == "adapter":
-                    covered = next(a.classes for label, _, _, a in setup.adapters if label == method.name)
-                pred = predictions[method.name]
-                method.rows += [_pair_row(dataset, case_id, index, name, pred[k], truth[k], nsd_tolerance_mm)
-                                for k, name in enumerate(setup.classes) if name in covered]
-                if (case_id, index) in shown:
-                    pseudo = [SliceObject(case_id, index, name, k + 1, 0, (), int(truth[k].sum()), (0, 0, 0, 0))
-                              for k, name in enumerate(setup.classes)]
-                    setup.overlays[method.name].append(SlicePrediction(case_id, index, pseudo, pred, truth))
-            _promptable(setup, case_id, index, objects, valid_hw, embedding, generator)
-            bar.update(1)
-    return _write(setup, out, seed, time.perf_counter() - started)
+    with bars(f"eval automatic ({split})", len(chosen)) as bar:
+        per_slice = score_slices([(c, i) for c, i, _ in chosen], job, store, workers, bar.update)
+    for result in per_slice:
+        for method in setup.methods:
+            method.rows += result["automatic"][method.name]
+        for name, rows in result["promptable"].items():
+            setup.prompted[name].rows += rows
+    _overlay_slices(setup, [item for item in chosen if (item[0], item[1]) in shown])
+    sample = {"evaluated": len(chosen), "total": len(slices), "max_slices": max_slices, "seed": seed,
+              "unit": "slices"}
+    return _write(setup, out, seed, time.perf_counter() - started, sample, store)
 
 
-def _write(setup: _Setup, out: Path, seed: int, eval_s: float) -> Path:
+def _estimates(setup: _Setup) -> dict[str, dict[str, Estimate]]:
+    """Per method: Dice on present pairs (mean over classes) and the pooled false-positive rate on absent pairs
+    (not for the references); per promptable row: Dice. Intervals: bootstrap over slices."""
+    found: dict[str, dict[str, Estimate]] = {}
+    for m in setup.methods:
+        found[m.name] = {"Dice (class present)": bootstrap_estimate(_present(m.rows), "dice")}
+        if m.kind != "reference":
+            absent = [r for r in m.rows if not r["present"]]
+            found[m.name]["false-positive rate"] = bootstrap_estimate(
+                absent, lambda r: float(r["false_positive"]), group=lambda r: "all")
+    for name, m in setup.prompted.items():
+        found[name] = {"promptable Dice": bootstrap_estimate(m.rows, "dice")}
+    return found
+
+
+def _write(setup: _Setup, out: Path, seed: int, eval_s: float, sample: dict, store: SliceStore) -> Path:
     dataset, classes, methods_all = setup.dataset, setup.classes, setup.methods
     methods = [MethodResult(m.name, _present(m.rows), iterations=m.iterations, wall_s=m.wall_s, notes=m.notes)
                for m in methods_all]
     fp_md, fp_rows = false_positive_table([m for m in methods_all if m.kind != "reference"], classes)
-    all_md, all_rows = _all_pairs_and_3d(methods_all, classes)
+    sampled = sample["evaluated"] < sample["total"]
+    all_md, all_rows = _all_pairs_and_3d(methods_all, classes, volumes=not sampled)
+    estimates = _estimates(setup)
     box_methods = [m for name, m in setup.prompted.items() if name.endswith(", box")]
     point_methods = [m for name, m in setup.prompted.items() if name.endswith(", points")]
     naive_rows = next(m.rows for m in methods_all if m.name == CENTRE)
     n_cases = len({r["case_id"] for r in naive_rows})
     n_present = len(_present(naive_rows))
     sections = [
+        "## Means with 95% confidence intervals", "",
+        describe_sample(sample["evaluated"], sample["total"], sample["max_slices"], seed, "slices (of every "
+                        "class, with or without objects)"),
+        f"Dice x100 (mean over classes), false-positive rate in % (absent pairs pooled); interval: {INTERVAL_METHOD}, "
+        f"which treats slices as independent (slices of one patient are not).", "",
+        *estimates_table(estimates), "",
         "## False positives on slices without the class", "",
         "Per class: the share of (slice, class) pairs whose class is absent where the method still predicts "
         "pixels (mean false-positive area in model-frame pixels). Ground-truth-box references never predict "
         "on absent classes (no box) and are left out.", "", fp_md, "",
         "## Dice over all slices (x100): absent and empty counts 1, a false positive 0 / 3D Dice per case", "",
+        *(["3D: not computed on a sample of slices (`--max-slices`): a case's volume needs all its slices.", ""]
+          if sampled else []),
         all_md, "",
         "## Promptable check: box prompts, Dice per object (x100)", "",
         "Every object prompted with its tight box: frozen SAM against each adapter's IPS (APM unused).", "",
@@ -496,6 +626,7 @@ def _write(setup: _Setup, out: Path, seed: int, eval_s: float) -> Path:
         "promptable": {name: {"mean_over_classes": _class_mean(m.rows), "per_class": per_class_mean(m.rows)}
                        for name, m in setup.prompted.items()},
         "eval_s": round(eval_s, 1),
+        "estimates": estimates_json(estimates, sample),
     }
     with atomic_dir(out) as tmp:
         names = [m.name for m in methods_all]
@@ -508,6 +639,7 @@ def _write(setup: _Setup, out: Path, seed: int, eval_s: float) -> Path:
                              "false_positives": fp_rows, "all_slices_and_3d": all_rows,
                              "promptable": [{"method": m.name, **r} for m in setup.prompted.values()
                                             for r in m.rows]})
+        copy_stores([store], tmp)
         write_json_atomic(tmp / REPORT_MARKER, summary)
     return out / "summary.md"
 

@@ -8,7 +8,7 @@ prepared case (``pixel_spacing_mm``), so NSD and HD95 are in mm.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,12 +52,17 @@ def predict_with_boxes(
     jitter_px: float = 0.0,
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
+    slices: Iterable[tuple[str, int, list[SliceObject]]] | None = None,
 ) -> Iterator[SlicePrediction]:
-    """Decode every object of ``split`` from its (jittered) box; yields one :class:`SlicePrediction` per slice."""
+    """Decode every object of ``split`` from its (jittered) box; yields one :class:`SlicePrediction` per slice.
+
+    ``slices`` (``(case_id, slice, objects)``, default :func:`slices_with_objects` of ``split``) limits it to
+    a sample; the jitter noise is drawn slice after slice in their order.
+    """
     image_size = prepared.image_size
     generator = torch.Generator().manual_seed(seed)
     device = next(sam.parameters()).device
-    for case_id, index, objects in slices_with_objects(prepared, split):
+    for case_id, index, objects in slices if slices is not None else slices_with_objects(prepared, split):
         valid_h, valid_w = prepared.meta(case_id)["valid_hw"]
         truth = np.stack([prepared.object_mask(case_id, obj) for obj in objects])
         boxes = jitter_boxes_uniform(boxes_from_masks(torch.as_tensor(truth)), jitter_px, generator, image_size)
@@ -71,9 +76,12 @@ def predict_with_boxes(
         yield SlicePrediction(case_id, index, objects, predicted, truth)
 
 
-def box_fill_predictions(prepared: PreparedDataset, split: str = "test") -> Iterator[SlicePrediction]:
-    """The box-filling baseline: each object's prediction is its own tight box, filled."""
-    for case_id, index, objects in slices_with_objects(prepared, split):
+def box_fill_predictions(prepared: PreparedDataset, split: str = "test",
+                         slices: Iterable[tuple[str, int, list[SliceObject]]] | None = None
+                         ) -> Iterator[SlicePrediction]:
+    """The box-filling baseline: each object's prediction is its own tight box, filled (on ``slices``, default
+    every slice of ``split`` with objects)."""
+    for case_id, index, objects in slices if slices is not None else slices_with_objects(prepared, split):
         truth = np.stack([prepared.object_mask(case_id, obj) for obj in objects])
         predicted = masks_from_boxes(boxes_from_masks(torch.as_tensor(truth)), *truth.shape[-2:]).numpy()
         yield SlicePrediction(case_id, index, objects, predicted, truth)

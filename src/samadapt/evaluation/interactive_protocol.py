@@ -26,9 +26,12 @@ import numpy as np
 import torch
 from segment_anything.modeling import Sam
 
-from samadapt.data.prepared import PreparedDataset
+from samadapt.data.prepared import PreparedDataset, SliceObject
+from samadapt.evaluation.box_protocol import slices_with_objects
 from samadapt.evaluation.figures import pyplot, save_figure
-from samadapt.evaluation.protocol_slices import ProtocolSlice, object_row, protocol_slices
+from samadapt.evaluation.protocol_slices import ProtocolSlice, load_protocol_slice, object_row
+from samadapt.evaluation.slice_sample import Estimate, bootstrap_estimate
+from samadapt.evaluation.slice_store import SliceKey, SliceStore, score_slices
 from samadapt.inference.decode import upscale_logits
 from samadapt.inference.region_decode import decode_regions, pick_outputs
 from samadapt.models.embedding_cache import EmbeddingCache
@@ -112,30 +115,70 @@ def click_session(
     return np.asarray(dices).T, np.asarray(ious).T
 
 
+def slice_rows(sam: Sam, item: ProtocolSlice, settings: InteractiveSettings = InteractiveSettings()) -> list[dict]:
+    """The rows of :func:`interactive_rows` for the objects of one slice."""
+    dices, ious = click_session(sam, item, settings)
+    nocs = {_level(t): clicks_to_reach(ious, t, settings.max_clicks) for t in settings.thresholds}
+    reached = {_level(t): (ious >= t).any(axis=1) for t in settings.thresholds}
+    rows = []
+    for i, obj in enumerate(item.objects):
+        row = object_row(item, obj)
+        row.update({f"dice_{k + 1}": float(dices[i, k]) for k in range(settings.dice_clicks)})
+        row.update({f"noc_{level}": int(values[i]) for level, values in nocs.items()})
+        row.update({f"fail_{level}": bool(not values[i]) for level, values in reached.items()})
+        row.update({f"iou_{k + 1}": float(ious[i, k]) for k in range(ious.shape[1])})
+        row["clicks_run"] = int(dices.shape[1])
+        rows.append(row)
+    return rows
+
+
+@dataclass
+class InteractiveJob:
+    """The protocol on one slice: ``job((case_id, slice))`` -> :func:`slice_rows`. Picklable, so that
+    worker processes can run it (:func:`~samadapt.evaluation.slice_store.score_slices`)."""
+
+    sam: Sam
+    prepared: PreparedDataset
+    cache: EmbeddingCache
+    objects: dict[SliceKey, list[SliceObject]]
+    settings: InteractiveSettings
+
+    def __call__(self, key: SliceKey) -> list[dict]:
+        item = load_protocol_slice(self.prepared, self.cache, key[0], key[1], self.objects[key])
+        return slice_rows(self.sam, item, self.settings)
+
+
 def interactive_rows(
     sam: Sam, prepared: PreparedDataset, cache: EmbeddingCache, split: str = "test",
     settings: InteractiveSettings = InteractiveSettings(), progress: Callable[[int], None] | None = None,
+    slices: Sequence[tuple[str, int, list[SliceObject]]] | None = None, store: SliceStore | None = None,
+    workers: int = 1,
 ) -> list[dict]:
     """One row per object of ``split``: its identity, ``dice_1..dice_K``, ``noc_<level>``, ``fail_<level>``
     (never reached within ``max_clicks``; a NoC of ``max_clicks`` may also be a success on the last click),
     ``clicks_run`` and the IoU curve ``iou_1..iou_<clicks_run>`` (NoC at any level up to the highest threshold
-    can be read off it with :func:`clicks_to_reach`)."""
-    rows = []
-    for item in protocol_slices(prepared, cache, split):
-        dices, ious = click_session(sam, item, settings)
-        nocs = {_level(t): clicks_to_reach(ious, t, settings.max_clicks) for t in settings.thresholds}
-        reached = {_level(t): (ious >= t).any(axis=1) for t in settings.thresholds}
-        for i, obj in enumerate(item.objects):
-            row = object_row(item, obj)
-            row.update({f"dice_{k + 1}": float(dices[i, k]) for k in range(settings.dice_clicks)})
-            row.update({f"noc_{level}": int(values[i]) for level, values in nocs.items()})
-            row.update({f"fail_{level}": bool(not values[i]) for level, values in reached.items()})
-            row.update({f"iou_{k + 1}": float(ious[i, k]) for k in range(ious.shape[1])})
-            row["clicks_run"] = int(dices.shape[1])
-            rows.append(row)
-        if progress is not None:
-            progress(1)
-    return rows
+    can be read off it with :func:`clicks_to_reach`).
+
+    ``slices`` (``(case_id, slice, objects)``, default every slice of ``split`` with objects) limits it to a
+    sample; ``store`` reads finished slices back and keeps new ones; ``workers`` processes score slices at
+    once (:func:`~samadapt.evaluation.slice_store.score_slices`). ``progress(1)`` per slice.
+    """
+    chosen = list(slices) if slices is not None else list(slices_with_objects(prepared, split))
+    job = InteractiveJob(sam, prepared, cache, {(c, i): objects for c, i, objects in chosen}, settings)
+    per_slice = score_slices([(c, i) for c, i, _ in chosen], job, store, workers, progress)
+    return [row for rows in per_slice for row in rows]
+
+
+def interactive_estimates(rows: Sequence[Mapping], settings: InteractiveSettings = InteractiveSettings()
+                          ) -> dict[str, Estimate]:
+    """Mean over classes with a bootstrap-over-slices interval: Dice after 1, 5 and ``dice_clicks`` clicks,
+    and NoC at each threshold (:func:`~samadapt.evaluation.slice_sample.bootstrap_estimate`)."""
+    ks = sorted({k for k in (1, 5, settings.dice_clicks) if k <= settings.dice_clicks})
+    found = {f"Dice@{k}": bootstrap_estimate(rows, f"dice_{k}") for k in ks}
+    for t in settings.thresholds:
+        level = _level(t)
+        found[f"NoC@{level}"] = bootstrap_estimate(rows, f"noc_{level}", scale=1.0, digits=2)
+    return found
 
 
 def interactive_summary(rows: Sequence[Mapping], settings: InteractiveSettings = InteractiveSettings()) -> dict:

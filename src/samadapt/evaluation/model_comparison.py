@@ -24,6 +24,12 @@ The report folder (written as a whole, atomically; a rerun into the same folder 
     summary.json             per-method summary at the lowest jitter (as :func:`write_report` writes it)
     evaluation.json          settings, models and every summary above; marks the folder as an eval report
     dice_per_class.png, overlays/overlay_<case>_s<slice>.png (slice | one panel per model)
+    slice_results/           per model, the interactive / robustness protocols' finished slices: a rerun
+                             into the same folder reads them back (:mod:`samadapt.evaluation.slice_store`)
+
+``max_slices`` evaluates a seeded random sample of the split's slices, the same for every model (3D scores
+need whole cases and are then left out); summary.md and evaluation.json give the headline means with 95%
+bootstrap-over-slices intervals either way (:mod:`samadapt.evaluation.slice_sample`).
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import itertools
 import math
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,14 +55,31 @@ from samadapt.evaluation.box_protocol import (
 )
 from samadapt.evaluation.metrics import mean_scores, per_class_mean
 from samadapt.evaluation.overlays import save_overlays
-from samadapt.evaluation.prompt_protocols import check_protocols, protocol_report, run_protocols, write_protocol_figures
+from samadapt.evaluation.prompt_protocols import (
+    check_protocols,
+    protocol_estimates,
+    protocol_report,
+    run_protocols,
+    write_protocol_figures,
+)
 from samadapt.evaluation.report import MethodResult, per_case_table, summary_table, write_report
+from samadapt.evaluation.slice_sample import (
+    INTERVAL_METHOD,
+    bootstrap_estimate,
+    describe_sample,
+    estimates_json,
+    estimates_table,
+    parse_max_slices,
+    sample_slices,
+)
+from samadapt.evaluation.slice_store import SLICES_DIR, check_workers, copy_stores
 from samadapt.evaluation.volume_scores import score_case_volumes
 from samadapt.io.atomic import atomic_dir, write_json_atomic
 from samadapt.models.embedding_cache import compute_embeddings, resolve_device
 from samadapt.models.registry import REGISTRY
 from samadapt.models.sam import load_sam, resolve_checkpoint
-from samadapt.progress import BarFactory, as_progress, no_bars
+from samadapt.progress import BarFactory, bar_on_demand, no_bars
+from samadapt.promise.adapter import sam_digest
 
 DEFAULT_JITTERS: tuple[float, ...] = (0, 5, 10, 20)
 BOX_FILL = "box-fill baseline"
@@ -133,7 +156,7 @@ def _check_out(out: Path, prepared_root: Path) -> None:
     resolved, data = out.resolve(), prepared_root.resolve()
     if resolved == data or resolved in data.parents:
         raise ConfigError(f"{out}: holds the prepared dataset {prepared_root}; give another folder with --out")
-    if out.is_dir() and any(out.iterdir()) and not (out / REPORT_MARKER).is_file():
+    if out.is_dir() and any(out.iterdir()) and not (out / REPORT_MARKER).is_file() and not (out / SLICES_DIR).is_dir():
         raise ConfigError(f"{out}: exists and is not a samadapt eval report (no {REPORT_MARKER}); "
                           "choose a new or empty folder with --out")
 
@@ -152,15 +175,27 @@ class MethodScores:
 
 
 def _score_stream(prepared: PreparedDataset, predictions: Iterable[SlicePrediction], nsd_tolerance_mm: float,
-                  keep: set[tuple[str, int]]) -> MethodScores:
-    """Score predictions case by case (2D and 3D), keeping only the slices in ``keep`` in memory."""
+                  keep: set[tuple[str, int]], progress: Callable[[int], None] = lambda n: None,
+                  volumes: bool = True) -> MethodScores:
+    """Score predictions case by case (2D and 3D), keeping only the slices in ``keep`` in memory.
+
+    ``progress(1)`` once per slice when it is scored; a case's last slice counts once the case's 3D scores are
+    done too, so a bar over the slices reaches its end with the work. Without ``volumes`` (a sample of slices,
+    whose cases are incomplete), no 3D scores.
+    """
     started = time.perf_counter()
     scores = MethodScores()
     for case_id, group in itertools.groupby(predictions, key=lambda p: p.case_id):
-        items = list(group)
-        scores.rows += score_predictions(prepared, iter(items), nsd_tolerance_mm)
-        scores.volume_rows += score_case_volumes(prepared, case_id, items, nsd_tolerance_mm)
+        items = []
+        for item in group:
+            if items:
+                progress(1)
+            scores.rows += score_predictions(prepared, iter([item]), nsd_tolerance_mm)
+            items.append(item)
+        if volumes:
+            scores.volume_rows += score_case_volumes(prepared, case_id, items, nsd_tolerance_mm)
         scores.kept += [p for p in items if (p.case_id, p.slice) in keep]
+        progress(1)
     scores.wall_s = time.perf_counter() - started
     return scores
 
@@ -204,6 +239,8 @@ def evaluate_models(
     overlay_count: int = 3,
     bars: BarFactory = no_bars,
     protocols: Iterable[str] = ("box",),
+    max_slices: int | None = None,
+    workers: int = 1,
 ) -> Path:
     """Evaluate ``models`` side by side with box prompts on ``split``; write the report folder ``out``.
 
@@ -216,12 +253,17 @@ def evaluate_models(
         jitters: box jitter levels in model-frame pixels (see the module docstring). The summary tables,
             the 3D tables and the overlays use the lowest level.
         device: torch device of the encoder and decoder.
-        seed: seed of the jitter noise.
+        seed: seed of the jitter noise, the robustness prompts and the ``max_slices`` sample.
         nsd_tolerance_mm: boundary tolerance of NSD, 2D and 3D.
         overlay_count: how many slices (those with most objects) get an overlay image.
         bars: progress bar factory (see :data:`BarFactory`).
         protocols: ``box`` (always run) plus ``interactive`` and/or ``robustness``
             (:mod:`samadapt.evaluation.prompt_protocols`: their sections, CSVs, plot and JSON join the report).
+            Their finished slices are kept in ``out/slice_results/`` as they finish, keyed by the model's
+            weights, embeddings, data, split and settings; a rerun into ``out`` reads them back.
+        max_slices: evaluate a seeded random sample (``seed``) of this many of the split's slices with objects,
+            the same for every model; None: every slice.
+        workers: processes scoring slices at once in the interactive and robustness protocols (CPU).
 
     Returns:
         The path of ``out/summary.md``.
@@ -240,11 +282,16 @@ def evaluate_models(
     chosen_protocols = check_protocols(protocols)
     base = levels[0]
     torch_device = resolve_device(device)
+    max_slices = parse_max_slices(max_slices)
+    workers = check_workers(workers, torch_device)
     slices = list(slices_with_objects(dataset, split))  # DatasetError for an unknown split
     if not slices:
         counts = ", ".join(f"{s} {len(dataset.case_ids(s))}" for s in ("train", "val", "test"))
         raise DatasetError(f"{dataset.root}: split '{split}' has no slices with objects (cases: {counts}); "
                            "choose another --split")
+    total = len(slices)
+    slices = sample_slices(slices, max_slices, seed)
+    sampled = len(slices) < total
     _check_out(out, dataset.root)
     for model in models:
         resolve_checkpoint(model)  # a wrong name or path fails before any work
@@ -257,20 +304,26 @@ def evaluate_models(
     provenance = []
     for model, label in zip(models, labels, strict=True):
         loaded = load_sam(model, device=torch_device)
-        with bars(f"embed {label}", None) as bar:
-            cache = compute_embeddings(dataset, loaded, device=torch_device, progress=as_progress(bar))
+        with bar_on_demand(bars, f"embed {label}") as progress:  # no bar when the cache is already there
+            cache = compute_embeddings(dataset, loaded, device=torch_device, progress=progress)
         per_model[label] = {}
         for jitter in levels:
-            with bars(f"eval {label} jitter {_jitter_name(jitter)}", len(slices)) as bar:
-                predictions = predict_with_boxes(loaded.sam, dataset, cache, split, float(jitter), seed, bar.update)
+            with bars(f"eval {label} jitter {_jitter_name(jitter)}", len(slices)) as bar:  # decoded and scored
+                predictions = predict_with_boxes(loaded.sam, dataset, cache, split, float(jitter), seed,
+                                                 slices=slices)
                 per_model[label][jitter] = _score_stream(dataset, predictions, nsd_tolerance_mm,
-                                                         keep if jitter == base else set())
+                                                         keep if jitter == base else set(), bar.update,
+                                                         volumes=not sampled)
+        identity = {"model": sam_digest(loaded.sam), "embeddings": cache.signature, "prepared": dataset.hash}
         extras[label] = run_protocols(chosen_protocols, loaded.sam, dataset, cache, split, seed, label, len(slices),
-                                      bars)
+                                      bars, sample=slices, store_folder=out / SLICES_DIR, identity=identity,
+                                      workers=workers)
         provenance.append({"label": label, "model": model, "architecture": loaded.spec.name,
                            "checkpoint": str(loaded.checkpoint) if loaded.checkpoint else None})
         del loaded, cache
-    fill = _score_stream(dataset, box_fill_predictions(dataset, split), nsd_tolerance_mm, set())
+    with bars(BOX_FILL, len(slices)) as bar:
+        fill = _score_stream(dataset, box_fill_predictions(dataset, split, slices), nsd_tolerance_mm, set(),
+                             bar.update, volumes=not sampled)
 
     methods = [MethodResult(label, per_model[label][base].rows, wall_s=per_model[label][base].wall_s,
                             notes=f"`{p['model']}`") for label, p in zip(labels, provenance, strict=True)]
@@ -293,7 +346,18 @@ def evaluate_models(
     n_objects = sum(len(objs) for _, _, objs in slices)
     at = f"jitter {_jitter_name(base)} px"
     fill_dice = _class_mean(fill.rows, "dice")
+    estimates = {label: {"box Dice": bootstrap_estimate(scores.rows, "dice"),
+                         "box NSD": bootstrap_estimate(scores.rows, "nsd"), **protocol_estimates(extras.get(label, {}))}
+                 for label, scores in [*((label, per_model[label][base]) for label in labels), (BOX_FILL, fill)]}
+    sample = {"evaluated": len(slices), "total": total, "max_slices": max_slices, "seed": seed,
+              "unit": "slices with objects"}
     sections = [
+        "## Means with 95% confidence intervals", "",
+        describe_sample(len(slices), total, max_slices, seed, "slices with objects") + f" {n_objects} objects.",
+        f"Box Dice / NSD at {at}, x100; Dice x100 and NoC in clicks for the interactive protocol; every number a "
+        f"mean over classes. Interval: {INTERVAL_METHOD}, which treats slices as independent (slices of one "
+        "patient are not).", "",
+        *estimates_table(estimates), "",
         f"## Dice per case (x100), {at}", "", per_case_table(methods, "dice"), "",
     ]
     if fill.volume_rows:
@@ -306,7 +370,8 @@ def evaluate_models(
             f"## 3D NSD per class (x100, {nsd_tolerance_mm:g} mm), {at}", "", summary_table(methods_3d, "nsd"), "",
         ]
     else:
-        sections += ["## 3D scores", "", "None: the split holds 2D images only.", ""]
+        sections += ["## 3D scores", "", "None: a case's volume needs all its slices, and this is a sample "
+                     "(`--max-slices`)." if sampled else "None: the split holds 2D images only.", ""]
     sections += [
         "## Jitter sensitivity: mean Dice over classes (x100)", "",
         f"Each box coordinate moved by U(-j, j) model-frame pixels (frame {dataset.image_size} px, seed {seed}). "
@@ -321,7 +386,8 @@ def evaluate_models(
     source_name = dataset.manifest.get("source", {}).get("name", dataset.root.name)
     context = [
         f"Dataset `{dataset.root}` ({source_name}, hash {dataset.hash[:12]}), split `{split}`: {n_cases} case(s), "
-        f"{len(slices)} slices, {n_objects} objects, prepared at {dataset.image_size} px.",
+        f"{len(slices)} slices{f' (a random sample of {total})' if sampled else ''}, {n_objects} objects, prepared "
+        f"at {dataset.image_size} px.",
         "Protocol: every object of every slice prompted at once with its ground-truth box, single-mask output, "
         f"scored in the model frame (2D per object; NSD at {nsd_tolerance_mm:g} mm, HD95 in mm). Tables below "
         f"are at {at}; jitter levels: {', '.join(_jitter_name(j) for j in levels)} px. Device: {device}.",
@@ -340,8 +406,9 @@ def evaluate_models(
         "box_fill": {"2d": _summary(fill.rows), "3d": _summary(fill.volume_rows)},
         "jitter_sensitivity": sensitivity,
         "protocols": {"run": list(chosen_protocols), **extra_summaries},
+        "max_slices": max_slices, "estimates": estimates_json(estimates, sample),
     }
-    with atomic_dir(out) as tmp:
+    with bars("report", None) as bar, atomic_dir(out) as tmp:
         columns = [per_model[label][base].kept for label in labels]
         overlays = save_overlays(dataset, columns, tmp / "overlays", classes, overlay_count)
         write_protocol_figures(tmp, extras)
@@ -349,5 +416,7 @@ def evaluate_models(
                      sections=sections, tables={"volume_scores": volume_rows, "jitter_sensitivity": sensitivity,
                                                        **extra_tables},
                      per_object=per_object)
+        copy_stores([r.get("store") for by_protocol in extras.values() for r in by_protocol.values()], tmp)
         write_json_atomic(tmp / REPORT_MARKER, evaluation)
+        bar.update(1)
     return out / "summary.md"

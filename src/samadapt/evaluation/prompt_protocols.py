@@ -14,19 +14,23 @@ Report files added (next to the box protocol's):
     robustness_per_object.csv     per model, object and behaviour: Dice
     interactive_curves.png        Dice against clicks, one line per model
     evaluation.json["protocols"]  the summaries above
+    slice_results/interactive-<key>.jsonl, robustness-<key>.jsonl
+                                  per model: every finished slice's rows (:mod:`~samadapt.evaluation.slice_store`)
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 from segment_anything.modeling import Sam
 
-from samadapt.data.prepared import PreparedDataset
+from samadapt.data.prepared import PreparedDataset, SliceObject
 from samadapt.errors import ConfigError
 from samadapt.evaluation.interactive_protocol import (
     InteractiveSettings,
+    interactive_estimates,
     interactive_rows,
     interactive_section,
     interactive_summary,
@@ -34,11 +38,16 @@ from samadapt.evaluation.interactive_protocol import (
     plot_interactive_curves,
 )
 from samadapt.evaluation.robustness_protocol import (
+    ROBUSTNESS_BEHAVIOURS,
+    behaviours_identity,
+    robustness_estimates,
     robustness_rows,
     robustness_section,
     robustness_summary,
     robustness_table,
 )
+from samadapt.evaluation.slice_sample import Estimate
+from samadapt.evaluation.slice_store import SliceStore
 from samadapt.models.embedding_cache import EmbeddingCache
 from samadapt.progress import BarFactory, no_bars
 
@@ -64,18 +73,44 @@ def run_protocols(
     protocols: Iterable[str], sam: Sam, prepared: PreparedDataset, cache: EmbeddingCache, split: str, seed: int,
     label: str, slices: int | None = None, bars: BarFactory = no_bars,
     settings: InteractiveSettings = InteractiveSettings(),
+    sample: Sequence[tuple[str, int, list[SliceObject]]] | None = None,
+    store_folder: Path | None = None, identity: Mapping | None = None, workers: int = 1,
 ) -> dict:
-    """The extra protocols' results of one model: ``{protocol: {"rows": [...], "summary": {...}}}``."""
+    """The extra protocols' results of one model: ``{protocol: {"rows", "summary", "estimates", "store"}}``.
+
+    ``sample``: the slices to score (``(case_id, slice, objects)``; default every slice of ``split`` with
+    objects). With ``store_folder``, each protocol's per-slice results go to a
+    :class:`~samadapt.evaluation.slice_store.SliceStore` there, keyed by ``identity`` (the model's weights,
+    cache, data and split) and the protocol's own settings, so a rerun reads finished slices back.
+    ``workers``: processes scoring slices at once.
+    """
     results = {}
+    base = {**(identity or {}), "split": split}
+
+    def store(protocol: str, own: Mapping) -> SliceStore | None:
+        return SliceStore(store_folder, protocol, {**base, **own}) if store_folder is not None else None
+
     if "interactive" in protocols:
+        kept = store("interactive", {"settings": asdict(settings)})
         with bars(f"interactive {label}", slices) as bar:
-            rows = interactive_rows(sam, prepared, cache, split, settings, bar.update)
-        results["interactive"] = {"rows": rows, "summary": interactive_summary(rows, settings)}
+            rows = interactive_rows(sam, prepared, cache, split, settings, bar.update, slices=sample, store=kept,
+                                    workers=workers)
+        results["interactive"] = {"rows": rows, "summary": interactive_summary(rows, settings),
+                                  "estimates": interactive_estimates(rows, settings), "store": kept}
     if "robustness" in protocols:
+        kept = store("robustness", {"seed": seed, "behaviours": behaviours_identity(ROBUSTNESS_BEHAVIOURS)})
         with bars(f"robustness {label}", slices) as bar:
-            rows = robustness_rows(sam, prepared, cache, split, seed, progress=bar.update)
-        results["robustness"] = {"rows": rows, "summary": robustness_summary(rows)}
+            rows = robustness_rows(sam, prepared, cache, split, seed, progress=bar.update, slices=sample, store=kept,
+                                   workers=workers)
+        results["robustness"] = {"rows": rows, "summary": robustness_summary(rows),
+                                 "estimates": robustness_estimates(rows), "store": kept}
     return results
+
+
+def protocol_estimates(results: Mapping[str, dict]) -> dict[str, Estimate]:
+    """One model's estimates of every extra protocol that ran, named ``<protocol> <estimate>``."""
+    return {f"{protocol} {name}": estimate for protocol, r in results.items()
+            for name, estimate in r.get("estimates", {}).items()}
 
 
 def _by_protocol(results: Mapping[str, dict], protocol: str) -> dict[str, dict]:

@@ -39,13 +39,19 @@ class ProtocolSlice:
         return masks
 
 
+def load_protocol_slice(prepared: PreparedDataset, cache: EmbeddingCache, case_id: str, index: int,
+                        objects: list[SliceObject]) -> ProtocolSlice:
+    """One slice's truth (``objects``' masks) and embedding."""
+    truth = torch.from_numpy(np.stack([prepared.object_mask(case_id, obj) for obj in objects]))
+    embedding = torch.tensor(np.array(cache.embeddings(case_id)[index : index + 1]), dtype=torch.float32)
+    valid_h, valid_w = prepared.meta(case_id)["valid_hw"]
+    return ProtocolSlice(case_id, index, objects, truth.bool(), embedding, (int(valid_h), int(valid_w)))
+
+
 def protocol_slices(prepared: PreparedDataset, cache: EmbeddingCache, split: str) -> Iterator[ProtocolSlice]:
     """Every slice of ``split`` that has objects, in case order (as the box protocol)."""
     for case_id, index, objects in slices_with_objects(prepared, split):
-        truth = torch.from_numpy(np.stack([prepared.object_mask(case_id, obj) for obj in objects]))
-        embedding = torch.tensor(np.array(cache.embeddings(case_id)[index : index + 1]), dtype=torch.float32)
-        valid_h, valid_w = prepared.meta(case_id)["valid_hw"]
-        yield ProtocolSlice(case_id, index, objects, truth.bool(), embedding, (int(valid_h), int(valid_w)))
+        yield load_protocol_slice(prepared, cache, case_id, index, objects)
 
 
 def object_row(item: ProtocolSlice, obj: SliceObject) -> dict:

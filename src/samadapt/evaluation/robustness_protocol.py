@@ -5,8 +5,9 @@ shifted, partial and noisy boxes; a centre click and an off-centre click near th
 :mod:`samadapt.prompts.box_behaviours` and :mod:`samadapt.prompts.click_behaviours` with their default
 parameters), all objects of a slice in one decoder pass per behaviour, without corrections. A single click
 takes the best of SAM's three multimask outputs by predicted IoU; boxes the single-mask output. Behaviour
-``i`` draws from its own generator seeded with ``(seed, i)``, slice after slice, so every model sees the
-very same prompts.
+``i`` draws on slice ``(case, s)`` from a generator seeded with ``(seed, i, case, s)``
+(:func:`~samadapt.evaluation.slice_store.slice_seed`), so every model sees the very same prompts, whichever
+slices are evaluated (``--max-slices``), in whichever order or process, and on a resumed run.
 
 Spread, per class: the standard deviation (population, over behaviours) and the range (max - min) of the
 class's mean Dice per behaviour; lower is less sensitive to how a person prompts. "Mean over classes"
@@ -17,14 +18,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from segment_anything.modeling import Sam
 
-from samadapt.data.prepared import PreparedDataset
+from samadapt.data.prepared import PreparedDataset, SliceObject
+from samadapt.evaluation.box_protocol import slices_with_objects
 from samadapt.evaluation.metrics import dice
-from samadapt.evaluation.protocol_slices import object_row, protocol_slices
+from samadapt.evaluation.protocol_slices import load_protocol_slice, object_row
+from samadapt.evaluation.slice_sample import Estimate, bootstrap_estimate
+from samadapt.evaluation.slice_store import SliceKey, SliceStore, score_slices, slice_seed
 from samadapt.inference.decode import upscale_logits
 from samadapt.inference.region_decode import decode_regions, pick_outputs
 from samadapt.models.embedding_cache import EmbeddingCache
@@ -37,30 +42,88 @@ ROBUSTNESS_BEHAVIOURS: dict[str, object] = {
 }
 
 
-@torch.inference_mode()
-def robustness_rows(
-    sam: Sam, prepared: PreparedDataset, cache: EmbeddingCache, split: str = "test", seed: int = 0,
-    behaviours: Mapping[str, object] = ROBUSTNESS_BEHAVIOURS, progress: Callable[[int], None] | None = None,
-) -> list[dict]:
-    """One row per object and behaviour: the object's identity, ``behaviour`` and its ``dice``."""
-    device = next(sam.parameters()).device
-    image_size = sam.image_encoder.img_size
-    generators = {name: torch.Generator().manual_seed(int(np.random.SeedSequence([seed, i]).generate_state(1)[0]))
-                  for i, name in enumerate(behaviours)}
-    rows = []
-    for item in protocol_slices(prepared, cache, split):
+def _generator(seed: int, stream: int, key: SliceKey) -> torch.Generator:
+    return torch.Generator().manual_seed(slice_seed(seed, stream, key))
+
+
+@dataclass
+class RobustnessJob:
+    """The protocol on one slice: ``job((case_id, slice))`` -> its rows. Picklable, so that worker processes
+    can run it (:func:`~samadapt.evaluation.slice_store.score_slices`)."""
+
+    sam: Sam
+    prepared: PreparedDataset
+    cache: EmbeddingCache
+    objects: dict[SliceKey, list[SliceObject]]
+    seed: int
+    behaviours: Mapping[str, object]
+
+    @torch.inference_mode()
+    def __call__(self, key: SliceKey) -> list[dict]:
+        item = load_protocol_slice(self.prepared, self.cache, key[0], key[1], self.objects[key])
+        device = next(self.sam.parameters()).device
+        image_size = self.sam.image_encoder.img_size
         embedding = item.embedding.to(device)
         truth = item.truth.numpy()
-        for name, behaviour in behaviours.items():
-            prompts = behaviour(item.truth, generators[name], item.truth)
-            low_res, iou_pred = decode_regions(sam, embedding, prompts.to(device))
+        rows = []
+        for i, (name, behaviour) in enumerate(self.behaviours.items()):
+            prompts = behaviour(item.truth, _generator(self.seed, i, key), item.truth)
+            low_res, iou_pred = decode_regions(self.sam, embedding, prompts.to(device))
             chosen, _, _ = pick_outputs(low_res, iou_pred, prompts.ambiguous)
             predicted = item.crop((upscale_logits(chosen.float(), image_size) > 0).cpu()).numpy()
             for obj, pred, gt in zip(item.objects, predicted, truth, strict=True):
                 rows.append({**object_row(item, obj), "behaviour": name, "dice": dice(pred, gt)})
-        if progress is not None:
-            progress(1)
-    return rows
+        return rows
+
+
+def robustness_rows(
+    sam: Sam, prepared: PreparedDataset, cache: EmbeddingCache, split: str = "test", seed: int = 0,
+    behaviours: Mapping[str, object] = ROBUSTNESS_BEHAVIOURS, progress: Callable[[int], None] | None = None,
+    slices: Sequence[tuple[str, int, list[SliceObject]]] | None = None, store: SliceStore | None = None,
+    workers: int = 1,
+) -> list[dict]:
+    """One row per object and behaviour: the object's identity, ``behaviour`` and its ``dice``.
+
+    ``slices`` (``(case_id, slice, objects)``, default every slice of ``split`` with objects) limits it to a
+    sample; ``store`` reads finished slices back and keeps new ones; ``workers`` processes score slices at
+    once (:func:`~samadapt.evaluation.slice_store.score_slices`). ``progress(1)`` per slice.
+    """
+    chosen = list(slices) if slices is not None else list(slices_with_objects(prepared, split))
+    job = RobustnessJob(sam, prepared, cache, {(c, i): objects for c, i, objects in chosen}, seed, behaviours)
+    per_slice = score_slices([(c, i) for c, i, _ in chosen], job, store, workers, progress)
+    return [row for rows in per_slice for row in rows]
+
+
+def behaviours_identity(behaviours: Mapping[str, object]) -> dict[str, str]:
+    """What the results depend on of each behaviour: its class and parameters (the dataclass repr)."""
+    return {name: repr(behaviour) for name, behaviour in behaviours.items()}
+
+
+def _spread(means: np.ndarray, groups: list) -> np.ndarray:
+    """Per class: std of its behaviours' mean Dice (population); then the mean over classes. ``groups``:
+    ``(class, behaviour)`` pairs, the columns of ``means``."""
+    classes = list(dict.fromkeys(c for c, _ in groups))
+    per_class = [np.nanstd(means[:, [j for j, (c, _) in enumerate(groups) if c == name]], axis=1)
+                 for name in classes]
+    return np.nanmean(np.stack(per_class, axis=1), axis=1)
+
+
+def _mean_dice(means: np.ndarray, groups: list) -> np.ndarray:
+    """Per class: the mean of its behaviours' mean Dice; then the mean over classes."""
+    classes = list(dict.fromkeys(c for c, _ in groups))
+    per_class = [np.nanmean(means[:, [j for j, (c, _) in enumerate(groups) if c == name]], axis=1)
+                 for name in classes]
+    return np.nanmean(np.stack(per_class, axis=1), axis=1)
+
+
+def robustness_estimates(rows: Sequence[Mapping]) -> dict[str, Estimate]:
+    """Mean over classes with a bootstrap-over-slices interval: Dice averaged over behaviours, and the spread
+    (std across behaviours) (:func:`~samadapt.evaluation.slice_sample.bootstrap_estimate`)."""
+    def by_behaviour(row: Mapping) -> tuple:
+        return (row["class"], row["behaviour"])
+
+    return {"Dice over behaviours": bootstrap_estimate(rows, "dice", by_behaviour, _mean_dice),
+            "spread std": bootstrap_estimate(rows, "dice", by_behaviour, _spread)}
 
 
 def robustness_summary(rows: Sequence[Mapping]) -> dict:

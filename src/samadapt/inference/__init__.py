@@ -8,5 +8,20 @@
   and oriented as ``samadapt prepare`` does, 3D prompts, key-slice propagation, label volumes.
 - :mod:`~samadapt.inference.prompt_file`, :mod:`~samadapt.inference.segment_cases`: ``samadapt segment``.
 
-See ``docs/inference.md``.
+See ``docs/inference.md``. ``from samadapt.inference import Segmenter`` works too (loaded on first use, so
+importing a submodule does not build the whole inference stack).
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {"Segmenter": "samadapt.inference.segmenter"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

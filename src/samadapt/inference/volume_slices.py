@@ -100,6 +100,21 @@ class VolumeSlices:
         """Slice ``index`` as a contiguous ``h x w`` ``uint8`` image in the slice frame."""
         return np.ascontiguousarray(take_slice(self.intensities, self.axis, self.check_index(index), self.flips))
 
+    def voxel_index(self, index: int, row: int, col: int) -> tuple[int, int, int]:
+        """``(z, y, x)`` array index of pixel ``(row, col)`` of slice ``index`` in the slice frame (undoes the
+        flips: ``take_slice(array, ...)[row, col] == array[voxel_index(...)]``); :class:`ConfigError` off the slice."""
+        index = self.check_index(index)
+        height, width = self.slice_hw
+        if isinstance(row, bool) or isinstance(col, bool) or not (0 <= row < height and 0 <= col < width):
+            raise ConfigError(f"pixel (x={col}, y={row}) is outside the {width}x{height} slice")
+        slicing = AXES[self.axis]
+        rows_axis, cols_axis = (a for a in range(3) if a != slicing)
+        found = [0, 0, 0]
+        found[slicing] = index
+        found[rows_axis] = height - 1 - row if self.flips[0] else row
+        found[cols_axis] = width - 1 - col if self.flips[1] else col
+        return found[0], found[1], found[2]
+
     def empty_labels(self, max_value: int = 255) -> np.ndarray:
         """A zero ``(Z, Y, X)`` label array: ``uint8`` for values up to 255, else ``uint16``."""
         dtype = np.uint8 if max_value <= 255 else np.uint16

@@ -46,6 +46,13 @@ class Geometry:
         image.SetOrigin(self.origin)
         image.SetDirection(self.direction)
 
+    def physical_point(self, index_xyz: tuple[float, float, float]) -> tuple[float, float, float]:
+        """Patient coordinates (mm, SimpleITK's LPS) of voxel ``index_xyz`` (``(x, y, z)`` index order), as
+        SimpleITK's ``TransformContinuousIndexToPhysicalPoint``: ``origin + direction @ (spacing * index)``."""
+        direction = np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
+        scaled = np.asarray(self.spacing, dtype=np.float64) * np.asarray(index_xyz, dtype=np.float64)
+        return tuple(float(v) for v in np.asarray(self.origin, dtype=np.float64) + direction @ scaled)
+
     def to_dict(self) -> dict:
         return {"size": list(self.size), "spacing": list(self.spacing), "origin": list(self.origin),
                 "direction": list(self.direction)}

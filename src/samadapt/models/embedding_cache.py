@@ -59,7 +59,8 @@ _ENCODER_FIELDS = (
 )
 
 Progress = Callable[[int, int], None]
-"""``progress(done_slices, total_slices)``: called once at the start and after every batch."""
+"""``progress(done_slices, total_slices)``: called once at the start and after every batch; never when
+there is nothing left to compute (a finished cache shows no progress at all)."""
 
 
 class PreparedLike(Protocol):
@@ -218,8 +219,8 @@ def encode_slices(
     """Run the frozen image encoder on one batch of model-frame slices.
 
     Runs under ``torch.inference_mode``: fp32 on CPU, bf16 autocast on CUDA. The encoder must already
-    be on ``device``. On the CPU, a model with an onnxruntime encoder attached
-    (:func:`samadapt.models.onnx_encoder.use_encoder_runtime`) runs it there instead.
+    be on ``device``. On the CPU the model's ``encoder_runtime`` decides: a TinyViT with ``auto`` (the
+    default) or ``onnx`` runs in onnxruntime (:func:`samadapt.models.onnx_encoder.use_encoder_runtime`).
 
     Args:
         images: ``BxSxS`` or ``BxSxSx3`` uint8 in the model frame (``S = spec.image_size``).
@@ -232,6 +233,10 @@ def encode_slices(
     encoder = loaded.sam.image_encoder
     device = torch.device(device)
     x = to_model_input(images, loaded.spec, valid_hw)
+    if loaded.encoder_runtime == "auto" and device.type == "cpu":
+        from samadapt.models.onnx_encoder import use_encoder_runtime
+
+        use_encoder_runtime(loaded, "auto", device)
     if loaded.onnx_encoder is not None and device.type == "cpu":
         emb, feats = loaded.onnx_encoder(x.numpy())
         return emb.astype(np.float16), feats.astype(np.float16) if with_features else None
@@ -259,6 +264,7 @@ class LiveEmbeddings:
     def __init__(self, prepared: PreparedLike, loaded: LoadedModel, batch_size: int = 8,
                  device: str | torch.device = "cpu"):
         self.prepared, self.loaded, self.batch_size, self.device = prepared, loaded, batch_size, device
+        loaded.encoder_runtime, loaded.onnx_encoder = "torch", None  # an exported graph would be stale next step
         self._last: tuple[str, np.ndarray] | None = None
 
     def embeddings(self, case_id: str) -> np.ndarray:
@@ -415,7 +421,8 @@ def compute_embeddings(
         with_features: also store the multi-level block outputs (``(S, 3, D, g, g)`` per case).
         device: where the encoder runs (``"cpu"``, ``"cuda"``, ...).
         progress: ``progress(done_slices, total_slices)`` over the slices of the cases this rank owns (all
-            of them in one process), called at the start and after every batch.
+            of them in one process), called at the start and after every batch; not at all when this rank
+            has nothing left to compute (a finished cache), so a caller's bar need not appear.
         ranks: the ``torchrun`` job this call is part of (:func:`samadapt.training.distributed.current`);
             every rank must call it alike. Cases are split over the ranks and merged into one cache, the
             same bytes as one process (see :mod:`samadapt.models.cache_shards`). Default: one process.
@@ -480,7 +487,8 @@ def compute_embeddings(
     encoder.to(device)
     error = None
     try:
-        report()
+        if any(remaining(cid) for cid in owned):
+            report()
         for cid in owned:
             if remaining(cid) == 0:
                 continue
@@ -545,3 +553,22 @@ def open_cache(
             f"e.g. '{missing[0]}'); rerun `samadapt embed` to finish it"
         )
     return cache
+
+
+def ensure_cache(prepared: PreparedLike, loaded: LoadedModel, with_features: bool = False,
+                 device: str | torch.device = "cpu", ranks: Ranks | None = None,
+                 progress: Progress | None = None) -> EmbeddingCache:
+    """The finished cache of ``loaded`` on ``prepared`` (with features when asked), computed first when missing.
+
+    Without features, any finished cache of the model serves: one computed with ``--features`` holds the
+    same embeddings, so ``train`` after ``embed --features`` reads it instead of writing a second cache.
+    """
+    ranks = ranks or Ranks()
+    if not with_features:
+        try:
+            return open_cache(prepared, loaded)
+        except CacheError:
+            pass
+    compute_embeddings(prepared, loaded, with_features=with_features, device=device,
+                       progress=progress if ranks.is_main else None, ranks=ranks)
+    return open_cache(prepared, loaded, with_features=with_features)

@@ -141,10 +141,13 @@ def encoder_parity(loaded: LoadedModel, onnx: OnnxEncoder, seed: int = 0) -> dic
 
 def use_encoder_runtime(loaded: LoadedModel, runtime: str, device: str | torch.device = "cpu") -> LoadedModel:
     """Attach an onnxruntime encoder to ``loaded`` when ``runtime`` asks for it here (exporting it on first
-    use); detach it for ``torch``. Returns ``loaded``."""
+    use); detach it for ``torch``. ``loaded.encoder_runtime`` keeps what was resolved (``onnx`` or ``torch``),
+    so ``auto`` is decided once. Returns ``loaded``."""
     from samadapt.models.embedding_cache import encoder_digest
 
     loaded.onnx_encoder = None
-    if wants_onnx(runtime, loaded.spec, torch.device(device)):
+    onnx = wants_onnx(runtime, loaded.spec, torch.device(device))
+    if onnx:
         loaded.onnx_encoder = OnnxEncoder(loaded, encoder_digest(loaded))
+    loaded.encoder_runtime = "onnx" if onnx else "torch"
     return loaded

@@ -89,14 +89,17 @@ def build_sam(spec: ModelSpec) -> Sam:
 class LoadedModel:
     """A SAM model with its architecture and provenance.
 
-    ``onnx_encoder``, when set (:func:`samadapt.models.onnx_encoder.use_encoder_runtime`), runs the image
-    encoder in onnxruntime on the CPU for :func:`~samadapt.models.embedding_cache.encode_slices`.
+    ``encoder_runtime`` (``auto``, ``torch``, ``onnx``) says where
+    :func:`~samadapt.models.embedding_cache.encode_slices` runs the image encoder on the CPU; ``auto`` attaches
+    an onnxruntime encoder (``onnx_encoder``) on first use for the TinyViT family (see
+    :mod:`samadapt.models.onnx_encoder`).
     """
 
     sam: Sam
     spec: ModelSpec
     checkpoint: Path | None
     sidecar: dict
+    encoder_runtime: str = "auto"
     onnx_encoder: Any = None
 
 

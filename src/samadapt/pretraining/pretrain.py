@@ -150,10 +150,10 @@ def _run(run_dir: Path, config: PretrainConfig, spec: ModelSpec, on_step: Callab
             chosen = torch.as_tensor(ids[np.sort(order)].astype(np.int64))
             batch.append(image)
             targets.append(torch.as_tensor(inst.astype(np.int64))[None] == chosen[:, None, None])
-        embeddings = sam.image_encoder(to_model_input(np.stack(batch), spec))
-        loss, stats = interactive_loss(sam, embeddings, targets, recipe, generator)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        embeddings = sam.image_encoder(to_model_input(np.stack(batch), spec))
+        # back-propagated round by round: the memory of one decoder round, not of all (interactive_loss)
+        loss, stats = interactive_loss(sam, embeddings, targets, recipe, generator, backward=True)
         torch.nn.utils.clip_grad_norm_(sam.parameters(), config.grad_clip)
         optimizer.step()
         step += 1

@@ -29,9 +29,9 @@ import torch
 
 from samadapt.config import PromiseConfig, config_to_dict
 from samadapt.data.prepared import PreparedDataset
-from samadapt.errors import CacheError, ConfigError
+from samadapt.errors import ConfigError
 from samadapt.evaluation.metrics import dice
-from samadapt.models.embedding_cache import EmbeddingCache, compute_embeddings, open_cache, resolve_device
+from samadapt.models.embedding_cache import EmbeddingCache, ensure_cache, resolve_device
 from samadapt.models.sam import LoadedModel, load_sam
 from samadapt.promise.adapter import (
     ADAPTER_FILE,
@@ -45,7 +45,7 @@ from samadapt.promise.apm import class_priors, initial_point_layout, resolve_apm
 from samadapt.promise.objective import PromiseObjective, ground_truth_prompts, prompts_to
 from samadapt.promise.predict import automatic_masks, prompted_masks
 from samadapt.promise.samples import class_boxes, load_promise_slice, promise_slices
-from samadapt.training.distributed import Ranks, setup
+from samadapt.training.distributed import setup
 from samadapt.training.engine import EngineSettings, run_training
 from samadapt.training.slice_data import SliceOrder, TrainingSlice
 
@@ -103,20 +103,6 @@ def build_adapter(
                                       spec.image_size)
         adapter.apm.points.set_layout(layout)
     return adapter
-
-
-def embedding_cache_for(prepared: PreparedDataset, loaded: LoadedModel, with_features: bool, device: torch.device,
-                        ranks: Ranks, progress: Callable[[int, int], None] | None) -> EmbeddingCache:
-    """The finished cache (with features when asked), computed first when missing. Without features, any
-    finished cache of the model serves (one with features holds the same embeddings)."""
-    if not with_features:
-        try:
-            return open_cache(prepared, loaded)
-        except CacheError:
-            pass
-    compute_embeddings(prepared, loaded, with_features=with_features, device=device,
-                       progress=progress if ranks.is_main else None, ranks=ranks)
-    return open_cache(prepared, loaded, with_features=with_features)
 
 
 def validation_score(
@@ -182,7 +168,7 @@ def adapt(
     loaded.sam.requires_grad_(False)
     loaded.sam.eval()
     classes = adapter_classes(config, prepared)
-    cache = embedding_cache_for(prepared, loaded, config.has_apm, device, ranks, embed_progress)
+    cache = ensure_cache(prepared, loaded, config.has_apm, device, ranks, embed_progress)
     train = promise_slices(prepared, "train", classes)
     val = promise_slices(prepared, config.val_split, classes) if prepared.case_ids(config.val_split) else []
     digest = sam_digest(loaded.sam)

@@ -11,6 +11,7 @@ API (JSON unless stated; ``{sid}`` = a session id from opening a volume; coordin
 ``GET  /api/volumes/{sid}``                 the session description; ``DELETE`` closes it
 ``GET  /api/volumes/{sid}/slices/{k}.png``  slice ``k`` as PNG, ``?window=abdomen`` (or ``W,L``, percentiles)
 ``GET  /api/volumes/{sid}/labels/{k}``      label slice ``k`` as run lengths, with the class table
+``GET  /api/volumes/{sid}/voxels/{k}``      ``?x=&y=``: raw value (HU for CT) and position (mm) of a pixel
 ``POST /api/volumes/{sid}/embed``           embed a slice ahead of the first click: ``{"slice", "window"}``
 ``POST /api/volumes/{sid}/predict``         preview a mask: ``{"slice", "window", "box", "points", "labels"}``
 ``POST /api/volumes/{sid}/auto``            preview the adapter's mask: ``{"slice", "window", "class_name"}``
@@ -271,6 +272,12 @@ def create_app(loaded: LoadedModel, settings: ServeSettings | None = None, adapt
             current = session(sid)
             current.slices("default").check_index(k)
             return current.label_slice(k)
+
+    @app.get("/api/volumes/{sid}/voxels/{k}")
+    def voxel(sid: str = sid_param, k: int = slice_param, x: int = Query(ge=0, le=100000),
+              y: int = Query(ge=0, le=100000)) -> dict:
+        with store.lock:
+            return session(sid).voxel(k, x, y)
 
     @app.post("/api/volumes/{sid}/embed")
     def embed(body: SliceRequest, sid: str = sid_param) -> dict:

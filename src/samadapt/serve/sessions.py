@@ -156,6 +156,16 @@ class VolumeSession:
     def slice_png(self, index: int, window: str) -> bytes:
         return png_bytes(self._use(window, index).slice(index))
 
+    def voxel(self, index: int, x: int, y: int) -> dict:
+        """The raw intensity (HU for CT) and patient position (mm) of pixel ``(x, y)`` of slice ``index``."""
+        slices = self.slices("default")
+        z_, y_, x_ = slices.voxel_index(index, y, x)
+        value = self.volume.array[z_, y_, x_]
+        return {"slice": index, "x": x, "y": y, "index_xyz": [x_, y_, z_],
+                "value": int(value) if np.issubdtype(value.dtype, np.integer) else float(value),
+                "unit": "HU" if self.modality == "CT" else "",
+                "position_mm": list(self.volume.geometry.physical_point((x_, y_, z_)))}
+
     def label_slice(self, index: int) -> dict:
         slices = self.slices("default")
         return {"slice": index, "labels": run_lengths(slices.labels_slice(self.labels, index)),

@@ -8,9 +8,12 @@ engine owns the rest:
 - AdamW; linear warm-up, then cosine decay over the step count or over a :class:`Schedule`'s progress;
   ``grad_accum`` micro-batches per step; gradient clipping; autocast on CUDA when ``amp`` (bf16 where
   supported, else fp16 with a ``GradScaler``), never on CPU, where bf16 is slower than fp32.
-- ``<run>/state.pt`` every ``checkpoint_every`` steps and at the end, atomically: trainable weights,
-  optimiser, schedule state, scaler, prompt generator, step, best validation score. A killed run restarted
-  on the same folder continues from there and ends with the same weights as an uninterrupted one.
+- ``<run>/state.pt`` every ``checkpoint_every`` steps, after any step that ends ``checkpoint_seconds``
+  or more after the last checkpoint (slow machines lose at most that much work), and at the end,
+  atomically: trainable weights, optimiser, schedule state, scaler, prompt generator, step, best
+  validation score. A killed run restarted on the same folder continues from there and ends with the
+  same weights as an uninterrupted one (a checkpoint holds the whole state at a step boundary, so where
+  it falls does not change the result).
 - ``validate()`` every ``eval_every`` steps and at the end; the best score triggers ``save_best``.
 - ``<run>/metrics.jsonl`` (one record per step, validation records carry ``val_*`` keys) and TensorBoard
   events under ``<run>/tensorboard``.
@@ -54,6 +57,7 @@ class EngineSettings:
     amp: bool = True
     seed: int = 0
     checkpoint_every: int = 50
+    checkpoint_seconds: float = 60.0  # also checkpoint once this long has passed since the last one (0: off)
     eval_every: int = 50
 
     @classmethod
@@ -192,6 +196,7 @@ def run_training(
         earlier_s = float(state["train_s"])
         if ranks.is_main:
             truncate_metrics(metrics_path, step)
+    last_checkpoint = time.monotonic()
 
     def checkpoint() -> None:
         generators = ranks.gather(generator.get_state())
@@ -206,6 +211,15 @@ def run_training(
             state["scaler"] = scaler.state_dict()
         with atomic_path(state_path, suffix=".pt") as tmp:
             torch.save(state, tmp)
+
+    def checkpoint_due() -> bool:
+        """Whether this step ends with a checkpoint (rank 0's clock decides for every rank)."""
+        if step % settings.checkpoint_every == 0 or finished(step):
+            return True
+        if settings.checkpoint_seconds <= 0:
+            return False
+        late = ranks.is_main and time.monotonic() - last_checkpoint >= settings.checkpoint_seconds
+        return bool(ranks.broadcast(late))
 
     def run_validation() -> float:
         score = None
@@ -262,8 +276,9 @@ def run_training(
                     if key != "step" and isinstance(value, (int, float)):
                         writer.add_scalar(key, value, step)
                 on_step(record)
-            if step % settings.checkpoint_every == 0 or finished(step):
+            if checkpoint_due():
                 checkpoint()
+                last_checkpoint = time.monotonic()
     finally:
         if writer is not None:
             writer.close()

@@ -2,7 +2,10 @@
 
 The run folder holds ``config.yaml`` (the resolved :class:`~samadapt.config.FinetuneConfig`), the
 engine's ``state.pt`` / ``metrics.jsonl`` / ``tensorboard/`` (see :mod:`samadapt.training.engine`),
-``best.pth`` (the step of best validation Dice) and, at the end, ``model.pth``. Both checkpoints are plain
+``best.pth`` (the step of best validation Dice) and, at the end, ``last.pth`` (the last step) and
+``model.pth``: the *selected* model, by default the best one (``select_model``), which is what ``eval``,
+``segment`` and a run folder resolve to. Its sidecar's ``selection`` says which step it is, by which rule
+and with which validation Dice, and ``training.wall_s`` the run's wall time. All are plain
 SAM state dicts with a JSON sidecar (base model, data, config, steps, validation Dice), loadable by
 ``samadapt.models.sam.load_sam`` and by ``segment_anything`` for SAM's own architectures. The image
 encoder is not trained, so fine-tuned models share the base model's embedding cache.
@@ -26,13 +29,7 @@ from samadapt.errors import ConfigError
 from samadapt.evaluation.box_protocol import predict_with_boxes
 from samadapt.evaluation.metrics import dice
 from samadapt.io.atomic import write_json_atomic
-from samadapt.models.embedding_cache import (
-    EmbeddingCache,
-    LiveEmbeddings,
-    compute_embeddings,
-    open_cache,
-    resolve_device,
-)
+from samadapt.models.embedding_cache import EmbeddingCache, LiveEmbeddings, ensure_cache, resolve_device
 from samadapt.models.error_head import ERROR_HEAD_FILE, save_error_head
 from samadapt.models.lora import LoRALinear, add_lora, merge_lora
 from samadapt.models.preprocess import to_model_input
@@ -60,6 +57,7 @@ class FinetuneResult:
     best_step: int | None
     curve: list[tuple[int, float]] = field(default_factory=list)
     wall_s: float = 0.0
+    selection: dict = field(default_factory=dict)  # which step model.pth is: rule, step, val_dice, last_*
 
 
 def objective_from_config(config: FinetuneConfig, embed_dim: int = 256) -> MultiPromptObjective | PHPGObjective:
@@ -193,10 +191,9 @@ def finetune(
     if lora:  # the encoder changes every step: encode on the fly instead of reading a cache
         cache = LiveEmbeddings(prepared, loaded, device=device)
     else:
-        # the ranks split the cases of a missing cache and merge it (samadapt.models.cache_shards)
-        compute_embeddings(prepared, loaded, device=device, progress=embed_progress if ranks.is_main else None,
-                           ranks=ranks)
-        cache = open_cache(prepared, loaded)
+        # a finished cache (also one with features) serves; else the ranks split the missing cases and merge
+        # one cache (samadapt.models.cache_shards)
+        cache = ensure_cache(prepared, loaded, device=device, ranks=ranks, progress=embed_progress)
     train = training_slices(prepared, "train")
     has_val = bool(prepared.case_ids(config.val_split))
     order = SliceOrder(len(train), config.batch_size, config.grad_accum, config.seed)
@@ -279,12 +276,26 @@ def finetune(
     if planner is not None and ranks.is_main:
         write_pruning_log(run_dir, config.pruning, planner, result.steps, finished=True)
     final_val = result.curve[-1][1] if result.curve else None
-    model_path = run_dir / "model.pth"
+    model_path, last_path = run_dir / "model.pth", run_dir / "last.pth"
+    use_best = config.select_model == "best" and has_val and best_path.is_file()
+    selected = {"rule": config.select_model if use_best or config.select_model == "last" else "last (no validation)",
+                "step": result.best_step if use_best else result.steps,
+                "val_dice": result.best_score if use_best else final_val,
+                "last_step": result.steps, "last_val_dice": final_val}
     if ranks.is_main and (result.steps_run or not model_path.is_file()):  # a finished run's model stays
-        save_sam(plain_copy(loaded), loaded.spec, model_path, info(result.steps, final_val))
+        last_info = info(result.steps, final_val)
+        last_info["training"]["wall_s"] = round(result.wall_s, 1)
+        save_sam(plain_copy(loaded), loaded.spec, last_path, last_info)
+        if use_best:
+            chosen = load_sam(str(best_path))
+            chosen_info = {k: v for k, v in chosen.sidecar.items() if k not in ("name", "architecture")}
+            chosen_info["training"]["wall_s"] = round(result.wall_s, 1)
+            save_sam(chosen.sam, chosen.spec, model_path, {**chosen_info, "selection": selected})
+        else:
+            save_sam(plain_copy(loaded), loaded.spec, model_path, {**last_info, "selection": selected})
         if error_head is not None:
             save_error_head(error_head, run_dir / ERROR_HEAD_FILE,
-                            {"model": model_path.name, **info(result.steps, final_val)})
+                            {"model": last_path.name, **info(result.steps, final_val)})
     return FinetuneResult(model_path, best_path if best_path.is_file() else None, result.steps,
                           result.best_score if has_val else None, result.best_step if has_val else None,
-                          result.curve, result.wall_s)
+                          result.curve, result.wall_s, selected)
