@@ -28,8 +28,14 @@ small (18-36 slices, 10-22 patients each), so per-class figures on a handful of 
 indicative, not estimates. Writes ``benchmarks/results/real_foundations.json`` and prints a Markdown table.
 Every step resumes or is reused in ``--work`` (prepared data, embeddings, runs, reports).
 
-    nice -n 10 python benchmarks/real_foundations.py --work /tmp/samadapt_real_foundations   # ~40 min, 2 cores
+    nice -n 10 python benchmarks/real_foundations.py --work /tmp/samadapt_real_foundations
     python benchmarks/real_foundations.py --quick            # one set (MSD09 spleen), a few steps: a smoke run
+
+About 25 min on 2 idle CPU cores (medsam_lite's encoder ~1.5 s a slice, twice over 178 slices; a PHPG step
+~8 s); the recorded run took ~75 min of process time on cores shared with other work (``timings_s``,
+``wall_s`` of each run). The default 32 steps of 4 slices are ~1.15 epochs of the 111 pooled training
+slices: CBDP runs whole epochs (here 1, 28 iterations) and never prunes the first (nor the last), so at this
+length it cannot save iterations; give ``--ft-steps`` of 3+ epochs (>= 84) to see pruning.
 """
 
 from __future__ import annotations
@@ -237,14 +243,20 @@ def prepared_by_patient(folder: Path, out: Path, splits: dict[str, str]) -> Prep
     return split_by_patient(prepare_dataset(folder, out, config), splits)
 
 
-def embedded(prepared: PreparedDataset, model: str, with_features: bool = False) -> float:
+def embedded(prepared: PreparedDataset, model: str, log: Path, with_features: bool = False) -> float:
     """Compute (or finish) the embedding cache of ``model`` on ``prepared``, with onnxruntime's encoder where
     the library uses it (``samadapt embed``'s ``--encoder-runtime auto``); the library's own calls later find
-    it complete. Returns the seconds spent."""
+    it complete. Returns the seconds spent; ``log`` (JSON) keeps the longest call per cache, i.e. the one that
+    computed it, so a rerun that reuses the cache still reports what computing it cost."""
     started = time.time()
     loaded = use_encoder_runtime(load_sam(model), "auto")
     compute_embeddings(prepared, loaded, batch_size=4, with_features=with_features)
-    return round(time.time() - started, 1)
+    seconds = round(time.time() - started, 1)
+    kept = json.loads(log.read_text()) if log.is_file() else {}
+    key = f"{prepared.root.name}/{model}" + ("+features" if with_features else "")
+    kept[key] = max(seconds, kept.get(key, 0.0))
+    write_json_atomic(log, kept)
+    return seconds
 
 
 # ----------------------------------------------------------------------------- runs
@@ -259,12 +271,16 @@ def trained(run_dir: Path, config: FinetuneConfig) -> dict:
     config = prepare_run_folder(run_dir, config, resume=saved.is_file())
     started = time.time()
     result = finetune(run_dir, config)
-    pruning = run_dir / "pruning.json"
+    pruning = json.loads((run_dir / "pruning.json").read_text()) if (run_dir / "pruning.json").is_file() else None
+    # a pruned run's length is whole full-data epochs (steps x batch / slices, rounded): its planner says how
+    # many iterations the full data would have taken in those epochs; that, not `steps`, is the reference
+    full = pruning["iterations_full_data"] if pruning else result.steps
     return {"model": str(result.model), "iterations": result.steps, "steps_setting": config.steps,
-            "fraction_of_full": round(result.steps / config.steps, 4), "wall_s": round(result.wall_s, 1),
-            "best_val_dice": result.best_val_dice, "val_curve": result.curve,
-            "pruning": json.loads(pruning.read_text()) if pruning.is_file() else None,
-            "this_call_s": round(time.time() - started, 1)}
+            "iterations_full_data": full, "fraction_of_full": round(result.steps / full, 4),
+            "wall_s": round(result.wall_s, 1), "best_val_dice": result.best_val_dice, "val_curve": result.curve,
+            "pruning": pruning, "this_call_s": round(time.time() - started, 1),
+            # which step model.pth holds (the library keeps the best validation step by default)
+            "model_selection": json.loads(result.model.with_suffix(".json").read_text()).get("selection")}
 
 
 def failure(errors: list[dict], method: str, command: str, err: BaseException) -> None:
@@ -338,6 +354,19 @@ def markdown(sets: dict) -> str:
     return "\n".join(lines)
 
 
+def runs_markdown(runs: dict, promise_runs: dict) -> str:
+    """Fine-tuning runs (iterations against the full data's, wall time, best validation Dice) and ProMISe's."""
+    lines = ["| run | iterations | full-data iterations | wall s | best val Dice x100 |", "|---|---|---|---|---|"]
+    for method, run in runs.items():
+        val = "-" if run["best_val_dice"] is None else f"{100 * run['best_val_dice']:.1f}"
+        lines.append(f"| {method} (pooled) | {run['iterations']} | {run['iterations_full_data']} | {run['wall_s']:.0f}"
+                     f" | {val} |")
+    for key, run in promise_runs.items():
+        val = "-" if run["best_val_score"] is None else f"{100 * run['best_val_score']:.1f}"
+        lines.append(f"| {PROMISE} ({key}) | {run['steps']} | - | {run['wall_s']:.0f} | {val} |")
+    return "\n".join(lines)
+
+
 def mean_row(sets: dict) -> dict[str, float | None]:
     """Mean over every (set, class) of each method's Dice x100 (the (set, class) pairs every method has)."""
     rows = [m for data in sets.values() for m in data["classes"].values()]
@@ -405,8 +434,10 @@ def main() -> None:
     print(f"data ready: {len(pooled.case_ids())} slices, {timings['data_s']} s", flush=True)
 
     # 2. embeddings: pooled (both foundations), per set with ProMISe's features
-    timings["embed_pooled_s"] = {m: embedded(pooled, m) for m in FOUNDATIONS}
-    timings["embed_features_s"] = {k: embedded(p, "medsam_lite", with_features=True) for k, p in per_set.items()}
+    log = work / "embed_seconds.json"
+    timings["embed_pooled_s"] = {m: embedded(pooled, m, log) for m in FOUNDATIONS}
+    timings["embed_features_s"] = {k: embedded(p, "medsam_lite", log, with_features=True) for k, p in per_set.items()}
+    timings["embed_s_when_computed"] = json.loads(log.read_text())
     print(f"embedded: {timings}", flush=True)
 
     # 3. fine-tuning on the pooled train splits, one run per method
@@ -462,7 +493,7 @@ def main() -> None:
         except Exception as err:
             failure(errors, f"{PROMISE} ({key})", command, err)
 
-    table = markdown(sets)
+    table = markdown(sets) + "\n\n" + runs_markdown(runs, promise_runs)
     write_json_atomic(args.out, {
         "what": "per set (test split, split by patient) and class: Dice x100 (mean over objects) and n objects "
                 "with tight box prompts for the box-fill baseline, tiny and medsam_lite zero-shot and medsam_lite "
@@ -470,7 +501,11 @@ def main() -> None:
                 "(apm+ips per set, no prompts): Dice on the test slices holding the class (n = slice-class pairs)",
         "caveats": ["small sets: 18-36 slices and 10-22 patients per set, 2-5 test patients; indicative only",
                     "no pixel spacing in the 2D files; Dice only",
-                    "fine-tuning pools the six train splits in one run per method; ProMISe runs per set"],
+                    "fine-tuning pools the six train splits in one run per method; ProMISe runs per set",
+                    "CBDP prunes neither the first nor the last epoch: at ~1 epoch it runs the full data (compare "
+                    "iterations with iterations_full_data), so its row is PHPG stopped at a whole epoch",
+                    "ProMISe's steps are far below its recipe: its automatic Dice here is an early-training "
+                    "figure, not ProMISe's capability"],
         "quick": args.quick, "image_size": IMAGE_SIZE, "split_fractions": SPLIT, "split_seed": args.seed,
         "min_component_px_at_512": MIN_COMPONENT_PX, "skipped_sets": SKIPPED_SETS,
         "inter_annotator_curvas": inter,
