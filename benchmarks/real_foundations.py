@@ -57,8 +57,8 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_foundation import machine  # noqa: E402
-from promise_runs import adapted, issue_table  # noqa: E402
-from samadapt.config import FinetuneConfig, PrepareConfig, PromiseConfig, config_to_dict, load_config  # noqa: E402
+from promise_runs import adapted, issue_table, run_folder_for  # noqa: E402
+from samadapt.config import FinetuneConfig, PrepareConfig, PromiseConfig  # noqa: E402
 from samadapt.data.prepare import assign_splits, prepare_dataset  # noqa: E402
 from samadapt.data.prepared import PreparedDataset, dataset_hash, write_manifest  # noqa: E402
 from samadapt.evaluation.auto_protocol import evaluate_automatic  # noqa: E402
@@ -67,7 +67,7 @@ from samadapt.io.atomic import write_json_atomic  # noqa: E402
 from samadapt.models.embedding_cache import compute_embeddings  # noqa: E402
 from samadapt.models.onnx_encoder import use_encoder_runtime  # noqa: E402
 from samadapt.models.sam import load_sam  # noqa: E402
-from samadapt.training.finetune import CONFIG_FILE, finetune, prepare_run_folder  # noqa: E402
+from samadapt.training.finetune import finetune  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "data" / "real"
@@ -265,10 +265,7 @@ def embedded(prepared: PreparedDataset, model: str, log: Path, with_features: bo
 def trained(run_dir: Path, config: FinetuneConfig) -> dict:
     """Fine-tune (or finish, or reuse) the run of ``config`` in ``run_dir``; a folder of other settings is
     replaced (as :func:`promise_runs.adapted` does for ProMISe)."""
-    saved = run_dir / CONFIG_FILE
-    if saved.is_file() and config_to_dict(load_config(FinetuneConfig, saved)) != config_to_dict(config):
-        shutil.rmtree(run_dir)
-    config = prepare_run_folder(run_dir, config, resume=saved.is_file())
+    config = run_folder_for(run_dir, config)
     started = time.time()
     result = finetune(run_dir, config)
     pruning = json.loads((run_dir / "pruning.json").read_text()) if (run_dir / "pruning.json").is_file() else None
