@@ -12,11 +12,15 @@ Writes ``benchmarks/results/encoder_runtime.json`` (atomically):
   ground-truth box (target >= 0.99).
 - ``cache``: bytes per slice in the embedding cache (fp16), with and without ProMISe's features.
 - ``click_latency``: ``samadapt serve`` round trips per click with the embedding cached, torch and onnx
-  decoders (the same routine as ``bench_serve.py``; target p50 <= 30 ms with onnx).
+  decoders (the same routine as ``bench_serve.py``; target p50 <= 30 ms with onnx), for each thread count
+  of ``--click-threads`` (``runs``), with the load average before and after each; ``phases``: where one
+  onnx click's server time goes, timed in process on the same slice (prompt graph alone, the per-image
+  graph that runs on a slice's first click, ``Segmenter.predict`` in all, the run-length encoding).
 
     python benchmarks/bench_encoder_runtime.py            # ~3 minutes on an idle 2-core CPU
     python benchmarks/bench_encoder_runtime.py --quick    # fewer slices and clicks
-    python benchmarks/bench_encoder_runtime.py --click-threads 2   # clicks on both cores, as serve runs
+    python benchmarks/bench_encoder_runtime.py --click-threads 2     # clicks on both cores, as serve runs
+    python benchmarks/bench_encoder_runtime.py --click-threads 1,2   # both
 
 Times are ratios within one run; ``machine.load_average_1m_at_start`` says how busy the machine was.
 """
@@ -24,6 +28,7 @@ Times are ratios within one run; ``machine.load_average_1m_at_start`` says how b
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -35,17 +40,19 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_foundation import machine  # noqa: E402
-from bench_serve import _phantom, click_latency  # noqa: E402
+from bench_serve import ORGANS, _phantom, click_latency  # noqa: E402
 from perf.machine_bound import matmul_flops_per_s  # noqa: E402
 from perf.timing import median_seconds, sig  # noqa: E402
 from samadapt.evaluation.metrics import dice  # noqa: E402
+from samadapt.inference.onnx_decoding import OnnxDecoding  # noqa: E402
 from samadapt.inference.segmenter import Segmenter  # noqa: E402
 from samadapt.io.atomic import write_json_atomic  # noqa: E402
-from samadapt.io.volume import write_volume  # noqa: E402
+from samadapt.io.volume import Volume, write_volume  # noqa: E402
 from samadapt.models.embedding_cache import bytes_per_slice  # noqa: E402
 from samadapt.models.onnx_encoder import use_encoder_runtime  # noqa: E402
 from samadapt.models.preprocess import to_model_input  # noqa: E402
-from samadapt.models.sam import load_sam  # noqa: E402
+from samadapt.models.sam import LoadedModel, load_sam  # noqa: E402
+from samadapt.serve.encoding import run_lengths  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "encoder_runtime.json"
 CURVAS = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "ct_abdomen_multiorgan_curvas_png"
@@ -81,12 +88,46 @@ def box_masks(segmenter: Segmenter, image: np.ndarray, objects: list[np.ndarray]
     return segmenter.predict(boxes=np.array(boxes, dtype=float)).masks
 
 
+def click_phases(loaded: LoadedModel, case, repeats: int) -> dict:
+    """Median ms of the parts of one onnx click on the liver's largest slice of ``case`` (embedding cached)."""
+    from samadapt.export.onnx_decoder import onnx_prompt_arrays
+    from samadapt.export.split_decoder import IMAGE_OUTPUTS
+
+    onnx = OnnxDecoding(loaded)
+    onnx.prepare()
+    segmenter = Segmenter(loaded, onnx=onnx)
+    slices = segmenter.set_volume(Volume(case.image, case.geometry))
+    liver = np.isin(case.label, ORGANS["liver"])
+    k = int(liver.sum(axis=(1, 2)).argmax())
+    rows, cols = np.nonzero(slices.labels_slice(liver.astype(np.uint8), k))
+    box = np.array([[cols.min(), rows.min(), cols.max(), rows.max()]], dtype=float)
+    clicks = {"points": [[[float(cols.mean()), float(rows.mean())], [float(box[0, 0]), float(box[0, 1])]]],
+              "labels": [[1, 0]]}
+    embedding = segmenter.embedding(k).embedding
+    terms = onnx.image_terms(embedding)
+    scale = loaded.spec.image_size / max(slices.slice_hw)
+    coords, labels = onnx_prompt_arrays(boxes=torch.from_numpy(box * scale).float())
+    feeds = {**dict(zip(IMAGE_OUTPUTS, terms, strict=True)), "point_coords": coords, "point_labels": labels}
+    mask = segmenter.predict(boxes=box, slice_index=k).masks[0, 0]
+
+    def ms(run) -> float:
+        return round(1000 * median_seconds(run, repeats)[0], 2)
+
+    return {"slice_hw": list(slices.slice_hw), "tokens_box": 7, "tokens_box_2_clicks": 9,
+            "prompt_graph_box_ms": ms(lambda: onnx.session(False).run(None, feeds)),
+            "image_graph_ms_first_click_of_a_slice": ms(lambda: onnx.image_terms(embedding)),
+            "segmenter_predict_box_ms": ms(lambda: segmenter.predict(boxes=box, slice_index=k)),
+            "segmenter_predict_box_2_clicks_ms": ms(lambda: segmenter.predict(boxes=box, slice_index=k, **clicks)),
+            "run_lengths_ms": ms(lambda: run_lengths(mask))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--click-threads", type=int, default=1,
-                        help="torch / onnxruntime threads for the click latency (the encoder is timed on one)")
+    parser.add_argument("--click-threads", default="1",
+                        help="torch / onnxruntime threads for the click latency, e.g. 2 or 1,2 (the encoder is "
+                             "timed on one)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     n_slices, repeats, clicks = (3, 3, 20) if args.quick else (8, 5, 60)
@@ -136,16 +177,21 @@ def main() -> None:
                        "bytes_per_slice_with_features": bytes_per_slice(spec, True), "dtype": "float16"}
     print(report["parity"], report["cache"], flush=True)
 
-    rng = np.random.default_rng(0)
     case = _phantom(0)
-    torch.set_num_threads(args.click_threads)
-    report["click_latency"] = {"threads": args.click_threads}
+    report["click_latency"] = {"target_p50_ms_onnx": 30.0, "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         write_volume(case.image, case.geometry, Path(tmp) / "case.nii.gz")
-        for decoder in ("torch", "onnx"):
-            report["click_latency"][decoder] = click_latency(loaded, Path(tmp), case, clicks, rng, decoder=decoder)
-            print(decoder, report["click_latency"][decoder]["round_trip_ms"], flush=True)
-    report["click_latency"]["target_p50_ms_onnx"] = 30.0
+        for threads in [int(t) for t in str(args.click_threads).split(",")]:
+            torch.set_num_threads(threads)
+            rng = np.random.default_rng(0)
+            run = {"threads": threads, "load_average_1m_before": round(os.getloadavg()[0], 2)}
+            for decoder in ("torch", "onnx"):
+                run[decoder] = click_latency(loaded, Path(tmp), case, clicks, rng, decoder=decoder)
+                print(threads, decoder, run[decoder]["round_trip_ms"], run[decoder]["server_ms"], flush=True)
+            run["phases_onnx"] = click_phases(loaded, case, repeats=clicks // 2)
+            run["load_average_1m_after"] = round(os.getloadavg()[0], 2)
+            print(threads, run["phases_onnx"], flush=True)
+            report["click_latency"]["runs"].append(run)
     write_json_atomic(args.out, report)
     print(f"wrote {args.out}")
 

@@ -386,6 +386,9 @@ def main() -> None:
     parser.add_argument("--ft-steps", type=int, default=32,
                         help="steps of each pooled fine-tuning run (32 x 4 slices: ~1.15 epochs of 111 slices)")
     parser.add_argument("--ft-batch", type=int, default=4, help="slices per fine-tuning step")
+    parser.add_argument("--box-noise", default="medsam", choices=("medsam", "sam", "mixed"),
+                        help="fine-tuning box noise; the recorded runs used medsam, the library's default before "
+                             "mixed (benchmarks/box_noise_real.py compares them)")
     parser.add_argument("--promise-steps", type=int, default=16, help="steps of each per-set ProMISe run")
     parser.add_argument("--promise-batch", type=int, default=4, help="slices per ProMISe step")
     parser.add_argument("--seed", type=int, default=0, help="seed of the patient split")
@@ -442,10 +445,10 @@ def main() -> None:
     for method, extra in FT_METHODS.items():
         config = FinetuneConfig(data=str(pooled.root), model="medsam_lite", steps=args.ft_steps,
                                 batch_size=args.ft_batch, eval_every=max(1, args.ft_steps // 4),
-                                checkpoint_every=max(1, args.ft_steps // 4), **extra)
+                                checkpoint_every=max(1, args.ft_steps // 4), box_noise=args.box_noise, **extra)
         name = re.sub(r"[^a-z0-9]+", "-", method.lower()).strip("-") + f"-s{args.ft_steps}"  # other steps: kept
         command = (f"samadapt train {pooled.root} --out {work / 'runs' / name} --set model=medsam_lite "
-                   f"--set steps={args.ft_steps} --set batch_size={args.ft_batch} "
+                   f"--set steps={args.ft_steps} --set batch_size={args.ft_batch} --set box_noise={args.box_noise} "
                    + " ".join(f"--set {k}={v}" for k, v in extra.items()))
         try:
             runs[method] = trained(work / "runs" / name, config)

@@ -25,8 +25,17 @@ app = typer.Typer(
 )
 
 
+_HELD_LOCKS: list = []  # folder locks a command holds until it returns (see _start_run)
+
+
 def user_errors_exit_2(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a :class:`SamadaptError` into ``samadapt: error: <message>`` on stderr and exit code 2."""
+    """Turn a :class:`SamadaptError` into ``samadapt: error: <message>`` on stderr and exit code 2.
+
+    So are storage failures (``OSError`` of a full disk, read-only file system, denied permission, a file
+    where a folder is needed, a name too long; see :func:`samadapt.errors.storage_error`): the line names the
+    file the error names, else the command's output (``out``, ``run_dir``, ``prepared``). Folder locks the
+    command took are released when it ends.
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -35,6 +44,18 @@ def user_errors_exit_2(func: Callable[..., Any]) -> Callable[..., Any]:
         except SamadaptError as err:
             print(f"samadapt: error: {err}", file=sys.stderr)
             raise typer.Exit(code=2) from None
+        except (OSError, RuntimeError) as err:
+            from samadapt.errors import storage_error
+
+            hint = next((kwargs[k] for k in ("out", "run_dir", "prepared") if kwargs.get(k) is not None), None)
+            translated = storage_error(err, hint)
+            if translated is None:
+                raise
+            print(f"samadapt: error: {translated}", file=sys.stderr)
+            raise typer.Exit(code=2) from None
+        finally:
+            while _HELD_LOCKS:
+                _HELD_LOCKS.pop().release()
 
     return wrapper
 
@@ -221,31 +242,58 @@ def pretrain_command(
 def _run_settings(cls: type, prepared: Path, out: Path, config: Path | None, set_: list[str] | None,
                   resume: bool) -> Any:
     """The settings of a run command (``train``, ``adapt``): defaults < ``--config`` < ``--set``; with
-    ``--resume``, the run folder's saved config.yaml, which options may not change."""
+    ``--resume``, the run folder's saved config.yaml, which options may not change. A bad setting of the
+    ``--config`` file is reported with the file's name."""
     from samadapt.config import load_config, parse_overrides
     from samadapt.errors import ConfigError
-    from samadapt.training.finetune import prepare_run_folder
+    from samadapt.training.engine import STATE_FILE
+    from samadapt.training.finetune import CONFIG_FILE
 
     overrides = parse_overrides(set_)
-    settings = load_config(cls, config, {**overrides, "data": str(prepared)})
+    settings = load_config(cls, config, {**overrides, "data": str(prepared)})  # a bad file setting names it
     if not resume:
         return settings
-    saved = prepare_run_folder(out, settings, resume=True)
+    saved_path = out / CONFIG_FILE
+    if not saved_path.is_file():
+        raise ConfigError(f"{out}: nothing to resume (no {CONFIG_FILE}); start the run without --resume")
+    saved = load_config(cls, saved_path)
     if config is not None or overrides or Path(saved.data).resolve() != prepared.resolve():
+        afresh = "" if (out / STATE_FILE).is_file() else (
+            "; it saved no step yet, so a run without --resume starts it afresh with new settings")
         raise ConfigError(f"{out}: --resume continues with the run's saved config.yaml; drop --config/--set "
-                          f"and pass the same PREPARED folder ({saved.data})")
+                          f"and pass the same PREPARED folder ({saved.data}){afresh}")
     return saved
 
 
 def _start_run(out: Path, settings: Any, resume: bool) -> Any:
-    """Join the ``torchrun`` job (if any) and, for a new run, set up its folder on rank 0; returns the ranks."""
+    """Join the ``torchrun`` job (if any); on rank 0, lock the run folder for this command (a second
+    command on it is refused, naming the holder), check the run's inputs and, for a new run, set up the
+    folder (:func:`samadapt.training.finetune.prepare_run_folder`; nothing is written unless the inputs
+    check out, and a folder this call created goes again). Returns the ranks."""
+    import contextlib
+
+    from samadapt.io.folder_lock import lock_folder
     from samadapt.training.distributed import setup
     from samadapt.training.finetune import prepare_run_folder
 
     ranks, _ = setup(settings.device)
-    if not resume and ranks.is_main:
-        prepare_run_folder(out, settings, resume=False)
-    ranks.barrier()
+    error = None
+    if ranks.is_main:
+        created, lock = not out.exists(), None
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            lock = lock_folder(out)
+            _HELD_LOCKS.append(lock)  # released when the command ends (user_errors_exit_2)
+            prepare_run_folder(out, settings, resume=resume)
+        except Exception as err:
+            error = err
+            if created:
+                if lock is not None:
+                    _HELD_LOCKS.remove(lock)
+                    lock.release()
+                with contextlib.suppress(OSError):
+                    out.rmdir()
+    ranks.raise_together(error)
     return ranks
 
 
@@ -321,7 +369,10 @@ def train_command(
     last = (f"; the last step {chosen['last_step']} is last.pth" + (
         f" (validation Dice {chosen['last_val_dice']:.3f})" if chosen.get("last_val_dice") is not None else "")
         if chosen.get("step") != chosen.get("last_step") else "")
-    typer.echo(f"model written to {result.model}: step {chosen.get('step')} ({chosen.get('rule')}{score}){last}")
+    stopped = (f"; stopped early at step {result.steps} (patience {settings.patience})"
+               if chosen.get("stopped_early") else "")
+    typer.echo(f"model written to {result.model}: step {chosen.get('step')} ({chosen.get('rule')}{score})"
+               f"{last}{stopped}")
 
 
 @app.command("adapt")
@@ -353,7 +404,10 @@ def adapt_command(
     if not ranks.is_main:
         return
     if result.best_val_score is not None:
-        typer.echo(f"best validation Dice {result.best_val_score:.3f} at step {result.best_step}: {result.best}")
+        stopped = (f" (stopped early at step {result.steps}, patience {settings.patience})"
+                   if result.stopped_early else "")
+        typer.echo(f"best validation Dice {result.best_val_score:.3f} at step {result.best_step}: "
+                   f"{result.best}{stopped}")
     typer.echo(f"adapter written to {result.adapter} ({result.trainable_parameters} trainable parameters, "
                f"{result.seconds_per_epoch:.1f} s per epoch; SAM frozen)")
 

@@ -70,7 +70,8 @@ def make_config(cls: type[T], values: dict, source: str = "configuration") -> T:
 
 
 def load_config(cls: type[T], path: str | os.PathLike[str] | None = None, overrides: dict | None = None) -> T:
-    """Defaults of ``cls``, updated from a YAML file (if given), then from ``overrides``."""
+    """Defaults of ``cls``, updated from a YAML file (if given), then from ``overrides``. A bad setting that
+    the file itself holds is reported with the file's name (``<path>: ...``)."""
     values: dict = {}
     if path is not None:
         path = Path(path)
@@ -81,8 +82,17 @@ def load_config(cls: type[T], path: str | os.PathLike[str] | None = None, overri
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: a config file must be a mapping of setting: value")
         values.update(loaded)
-    values.update(overrides or {})
-    return make_config(cls, values, source=str(path) if path else "options")
+    source = str(path) if path else "options"
+    try:
+        return make_config(cls, {**values, **(overrides or {})}, source=source)
+    except ConfigError as err:
+        if path is None or str(err).startswith(f"{path}:"):
+            raise
+        try:  # the file's settings alone: when they fail, the file is at fault, not the overrides
+            make_config(cls, values, source=source)
+        except ConfigError:
+            raise ConfigError(f"{path}: {err}") from None
+        raise
 
 
 def save_config(config: Any, path: str | os.PathLike[str]) -> Path:
@@ -235,8 +245,16 @@ class PretrainConfig:
     init_from: str | None = None  # a SAM checkpoint to continue from (a second phase), instead of random weights
 
     def __post_init__(self) -> None:
+        def bad(what: str) -> ConfigError:
+            return ConfigError(f"pretrain setting {what}")
+
+        check_integers(self, ("steps", "batch_size", "objects_per_image", "corpus_images", "eval_images",
+                              "eval_every", "checkpoint_every", "threads"), 1, bad)
+        check_integers(self, ("warmup_steps", "corpus_seed", "eval_seed", "seed", "correction_rounds",
+                              "mask_only_rounds"), 0, bad)
+        check_numbers(self, ("lr", "weight_decay", "grad_clip"), bad)  # lr 0: a phase that only evaluates
         check_numbers(self, ("box_warmup_fraction", "full_recipe_fraction", "point_first_probability",
-                             "min_lr_fraction"), lambda what: ConfigError(f"pretrain setting {what}"), fraction=True)
+                             "min_lr_fraction"), bad, fraction=True)
         if self.box_warmup_fraction + self.full_recipe_fraction > 1:
             raise ConfigError("pretrain settings box_warmup_fraction + full_recipe_fraction exceed 1; lower one")
 
@@ -251,8 +269,10 @@ class RunConfig:
     bf16/fp16 autocast on CUDA when ``amp`` (never on CPU), checkpoints every ``checkpoint_every`` steps
     and also once ``checkpoint_seconds`` have passed since the last one (0: by steps only), so a stopped
     run on a slow machine loses at most about that much work; validation on ``val_split`` every
-    ``eval_every`` steps (the best step is kept). A command's config redeclares the fields whose defaults
-    differ.
+    ``eval_every`` steps (the best step is kept); with ``patience`` > 0 the run stops early once that many
+    validations in a row after the warm-up brought no gain of more than ``min_delta`` over the last gain
+    (0: runs all ``steps``). A command's config redeclares
+    the fields whose defaults differ.
     """
 
     data: str = ""  # the prepared dataset folder (set by `samadapt train|adapt PREPARED`)
@@ -270,6 +290,8 @@ class RunConfig:
     checkpoint_every: int = 50
     checkpoint_seconds: float = 60.0
     eval_every: int = 50
+    patience: int = 0
+    min_delta: float = 0.0
     val_split: str = "val"
     device: str = "cpu"
     lr_example: ClassVar[str] = "1e-4"  # the lr an error message suggests
@@ -278,8 +300,8 @@ class RunConfig:
         """Validate the fields above (``bad(message)`` builds the command's :class:`ConfigError`)."""
         check_choices(self, {"val_split": ("train", "val", "test")}, bad)
         check_integers(self, ("steps", "batch_size", "grad_accum", "checkpoint_every", "eval_every"), 1, bad)
-        check_integers(self, ("warmup_steps", "seed"), 0, bad)
-        check_numbers(self, ("weight_decay", "grad_clip", "checkpoint_seconds"), bad)
+        check_integers(self, ("warmup_steps", "seed", "patience"), 0, bad)
+        check_numbers(self, ("weight_decay", "grad_clip", "checkpoint_seconds", "min_delta"), bad)
         check_numbers(self, ("min_lr_fraction",), bad, fraction=True)
         if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
             raise bad(f"lr={self.lr!r}: use a positive number, e.g. {self.lr_example}")
@@ -300,7 +322,9 @@ class FinetuneConfig(RunConfig):
 
     Box prompts come from the ground truth, perturbed (``box_noise``): ``medsam`` moves each side outward
     by U(0, shift) pixels, MedSAM's 0-20 px at 1024 scaled to the model frame; ``sam`` adds N(0,
-    ``sam_noise_std`` x side) to each coordinate, capped at the shift; ``none`` keeps tight boxes. The
+    ``sam_noise_std`` x side) to each coordinate, capped at the shift (boxes grow and shrink); ``mixed``
+    (default) draws one of the two per box, as users draw loose boxes and boxes that cut the object;
+    ``none`` keeps tight boxes. The
     shift is ``organ_box_shift_px`` or ``lesion_box_shift_px`` (model-frame pixels) by object type, and
     never more than ``box_shift_max_fraction`` of the box side, so small lesions keep informative boxes.
     Lesion classes are ``lesion_classes``, or by default every class whose name contains one of
@@ -329,7 +353,9 @@ class FinetuneConfig(RunConfig):
     ``random_error``) and ``phpg_mask_only_rounds`` mask-only rounds, all regions of a slice in one decoder
     pass per round; SAM's recipe is 8 + 2, the default 2 + 1 keeps CPU runs affordable. ``phpg_error_head``
     trains an error-prediction head (``phpg_error_weight`` x BCE) that places a fraction
-    ``phpg_guidance_mix`` of the correction clicks. The mask loss is the one above, at ``loss_size``; the
+    ``phpg_guidance_mix`` of the correction clicks; ``phpg_recompute_passes`` recomputes each round's
+    activations in the backward pass instead of keeping them (same gradients, memory of one round instead of
+    all, one more decoder forward per round). The mask loss is the one above, at ``loss_size``; the
     box settings above do not apply to PHPG.
 
     Engine (:class:`RunConfig`, whose defaults this command keeps): validation Dice with tight boxes, the
@@ -344,7 +370,7 @@ class FinetuneConfig(RunConfig):
     train_prompt_encoder: bool = False
     lora_rank: int = 0  # > 0: also train LoRA adapters (this rank) on the image encoder's attention
     lora_alpha: float = 8.0
-    box_noise: str = "medsam"
+    box_noise: str = "mixed"
     organ_box_shift_px: float = 5.0
     lesion_box_shift_px: float = 2.0
     box_shift_max_fraction: float = 0.25
@@ -368,6 +394,7 @@ class FinetuneConfig(RunConfig):
     phpg_error_head: bool = True
     phpg_guidance_mix: float = 0.5
     phpg_error_weight: float = 1.0
+    phpg_recompute_passes: bool = False  # recompute each round's activations in backward: far less memory, ~+35% time
 
     def __post_init__(self) -> None:
         def bad(what: str) -> ConfigError:
@@ -376,7 +403,7 @@ class FinetuneConfig(RunConfig):
         self._check_phpg(bad)
         self.check_run_settings(bad)
         check_choices(self, {"select_model": ("best", "last"), "prompting": ("multi", "single"),
-                             "box_noise": ("medsam", "sam", "none"),
+                             "box_noise": ("mixed", "medsam", "sam", "none"),
                              "loss": ("dice+bce", "dice+focal"), "prompt_reduction": ("mean", "max"),
                              "pruning": ("none", "class", "global", "random")}, bad)
         check_integers(self, ("max_prompts_per_slice",), 1, bad)
@@ -401,7 +428,7 @@ class FinetuneConfig(RunConfig):
         if self.objective not in ("multi-prompt", "phpg"):
             raise bad(f"objective={self.objective!r}: use one of multi-prompt, phpg")
         check_integers(self, ("phpg_correction_rounds", "phpg_mask_only_rounds"), 0, bad)
-        check_flags(self, ("phpg_error_head",), bad)
+        check_flags(self, ("phpg_error_head", "phpg_recompute_passes"), bad)
         check_numbers(self, ("phpg_error_weight",), bad)
         check_numbers(self, ("phpg_guidance_mix",), bad, fraction=True)
         registries = (("phpg_first_weights", FIRST_BEHAVIOURS), ("phpg_correction_weights", CORRECTION_BEHAVIOURS))

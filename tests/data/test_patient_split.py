@@ -72,7 +72,32 @@ def test_split_file_and_resplit_in_place_keep_the_cases(tmp_path: Path):
     again = PreparedDataset(out)
     assert again.case_ids("test") == ["patient002_0", "patient002_1"]
     assert again.hash != first.hash  # the split is part of the dataset's identity
+    assert again.content_hash == first.content_hash != first.hash  # ... but not of its contents
     assert shard.stat().st_mtime_ns == written  # re-splitting rewrote the manifest, not the case shards
+
+
+def test_a_resplit_keeps_the_embedding_cache(tmp_path: Path):
+    """The cache is keyed by the cases' contents: after a re-split, the same cache opens and nothing is
+    embedded again."""
+    from samadapt.models.embedding_cache import compute_embeddings, open_cache
+    from samadapt.models.sam import load_sam
+
+    source = _folder(tmp_path / "raw", patients=3, frames=1)
+    out = tmp_path / "prepared"
+    loaded = load_sam("test_micro")
+    prepared = prepare_dataset(source, out, PrepareConfig(image_size=64))
+    before = {c: prepared.split_of(c) for c in prepared.case_ids()}
+    first = compute_embeddings(prepared, loaded)
+    split_file = tmp_path / "splits.json"
+    split_file.write_text(json.dumps({s: [c for c, was in before.items() if was == t]
+                                      for s, t in (("train", "test"), ("val", "train"), ("test", "val"))}))
+    resplit = prepare_dataset(source, out, PrepareConfig(image_size=64, split_file=str(split_file)))
+    assert {c: resplit.split_of(c) for c in resplit.case_ids()} != before
+    reopened = open_cache(resplit, loaded)
+    assert reopened.root == first.root
+    stamp = (first.root / "cache.json").stat().st_mtime_ns
+    again = compute_embeddings(resplit, loaded)  # finished: nothing to do
+    assert again.root == first.root and (first.root / "cache.json").stat().st_mtime_ns == stamp
 
 
 def test_split_settings_errors_are_one_line(tmp_path: Path):

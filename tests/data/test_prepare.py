@@ -225,14 +225,18 @@ def _assert_fails_cleanly(raw: Path, out: Path, error, words):
     assert not (out / "cases" / "case1").exists()
 
 
-def test_failure_removes_a_stale_manifest(nnunet: Path, tmp_path: Path):
-    out = tmp_path / "out"
-    prepare_dataset(nnunet, out, SMALL)
-    raw = _bad_dataset(tmp_path, lambda im, lab, g: (im, np.where(lab == 3, 9, lab).astype(np.uint8), g))
-    with pytest.raises(DatasetError):
+def test_failure_removes_a_stale_manifest(tmp_path: Path):
+    raw, out = make_nnunet(tmp_path / "raw", n_cases=2), tmp_path / "out"
+    prepare_dataset(raw, out, SMALL)
+    label_path = raw / "labelsTr" / "case1.nii.gz"
+    image, label = _case_arrays(1)
+    write_volume(np.where(label == 3, 9, label).astype(np.uint8), _geometry(), label_path)  # the source changes
+    with pytest.raises(DatasetError, match="case1"):
         prepare_dataset(raw, out, SMALL)
     assert not (out / "manifest.json").exists()
     assert not list(out.glob("**/*.tmp*"))
+    write_volume(label, _geometry(), label_path)  # fixed: the unfinished folder is still recognised as this source's
+    assert PreparedDataset(prepare_dataset(raw, out, SMALL).root).case_ids() == ["case0", "case1"]
 
 
 def test_empty_results_and_bad_settings(tmp_path: Path, nnunet: Path):

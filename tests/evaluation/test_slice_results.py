@@ -185,14 +185,18 @@ def test_max_slices_scores_one_sample_for_every_model_and_prints_intervals(tmp_p
     out = tmp_path / "report"
     a, b = map(str, micro_models)
     total = len(list(slices_with_objects(phantom_prepared, "test")))
-    result = CliRunner().invoke(app, ["eval", str(phantom_prepared.root), "--model", a, "--model", b, "--jitter", "0",
-                                      "--protocol", "box,interactive", "--max-slices", "3", "--out", str(out)])
+    result = CliRunner().invoke(app, ["eval", str(phantom_prepared.root), "--model", a, "--model", b,
+                                      "--jitter", "0,10", "--protocol", "box,interactive", "--max-slices", "3",
+                                      "--out", str(out)])
     assert result.exit_code == 0, result.output
     lines = result.stdout.strip().splitlines()
     assert lines[-1] == str(out / "summary.md")
     for label in ("a/model", "b/model", BOX_FILL):
         line = next(line for line in lines if line.startswith(f"{label}: "))
         assert re.search(r"box Dice \d+\.\d \[\d+\.\d, \d+\.\d\]", line), line
+        # robustness beside it: the same Dice at the largest jitter (the box-fill baseline has no jitter)
+        jittered = re.search(r"box Dice at 10 px jitter \d+\.\d \[\d+\.\d, \d+\.\d\]", line)
+        assert (jittered is None) == (label == BOX_FILL), line
     assert "interactive NoC@90" in next(line for line in lines if line.startswith("a/model: "))
     assert f"3 of {total} slices with objects" in lines[-2] and "95% CI" in lines[-2]
 

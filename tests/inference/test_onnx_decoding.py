@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from samadapt.errors import ConfigError
 from samadapt.inference.onnx_decoding import OnnxDecoding
@@ -54,6 +55,31 @@ def test_the_adapters_ips_shift_is_inside_the_graph(micro_run, tmp_path, two_dis
     shifted = plain.predict(boxes=boxes)
     assert not np.allclose(shifted.low_res_logits.numpy(), unshifted.predict(boxes=boxes).low_res_logits.numpy())
     _same(shifted, fast.predict(boxes=boxes))
+
+
+def test_image_terms_are_computed_once_per_image(tiny, two_discs):
+    onnx = OnnxDecoding(tiny, cached_images=1)
+    fast = Segmenter(tiny, onnx=onnx)
+    fast.set_image(two_discs)
+    for box in ([20, 20, 60, 60], [90, 40, 130, 80], [10, 10, 140, 90]):
+        fast.predict(boxes=[box], points=[[[40, 40]]], labels=[[1]])
+    assert onnx.image_part_runs == 1  # clicks on one image: its prompt-independent terms once
+    previous = fast.predict(boxes=[[20, 20, 60, 60]]).low_res_logits
+    fast.predict(boxes=[[20, 20, 60, 60]], mask_input=previous)
+    assert onnx.image_part_runs == 2  # a mask prompt changes them: computed for that call, not kept
+    fast.predict(boxes=[[20, 20, 60, 60]])
+    assert onnx.image_part_runs == 2
+    fast.set_image(two_discs[::-1].copy())  # another image evicts the first (one kept)
+    fast.predict(boxes=[[20, 20, 60, 60]])
+    fast.set_image(two_discs)
+    fast.predict(boxes=[[20, 20, 60, 60]])
+    assert onnx.image_part_runs == 4
+    embedding = fast.embedding().embedding
+    onnx(embedding, boxes=torch.tensor([[1.0, 2.0, 30.0, 40.0]]), image_key="k")
+    onnx(embedding.copy(), boxes=torch.tensor([[1.0, 2.0, 30.0, 40.0]]), image_key="k")  # another array: not trusted
+    assert onnx.image_part_runs == 6
+    with pytest.raises(ConfigError, match="cached_images"):
+        OnnxDecoding(tiny, cached_images=-1)
 
 
 def test_onnx_decoding_refuses_a_gpu_device(tiny):

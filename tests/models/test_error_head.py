@@ -97,3 +97,49 @@ def test_suggestions_come_from_the_predicted_error_without_truth():
     current = F.interpolate(low_res[:, None], SIZE, mode="bilinear", align_corners=False)[:, 0] > 0
     inside = current[torch.arange(3), points[:, 1].long(), points[:, 0].long()]
     assert torch.equal(labels, (~inside).long())
+
+
+def test_image_features_and_upscaled_logits_given_once_change_nothing():
+    """PHPG computes the embedding's features once per slice and hands in the logits it already upscaled."""
+    torch.manual_seed(0)
+    head = ErrorHead(32)
+    low_res, iou, embedding, _ = _problem(3, seed=5)
+    plain = head(low_res, iou, embedding, SIZE)
+    upscaled = F.interpolate(low_res[:, None], SIZE, mode="bilinear", align_corners=False)[:, 0]
+    given = head(low_res, iou, embedding, SIZE, image=head.image_features(embedding, LOW), upscaled_logits=upscaled)
+    torch.testing.assert_close(given, plain)
+    at_grid = head(low_res, iou, embedding, LOW)  # the grid is the frame (LiteMedSAM): no resampling
+    assert at_grid.shape == (3, LOW, LOW)
+
+
+def test_the_image_part_of_the_first_layer_once_is_the_convolution_of_all_features():
+    """The first layer split into its image channels (once per slice) and its per-mask channels is the same
+    function, and the same gradients, as that layer over the concatenated features."""
+    torch.manual_seed(0)
+    head = ErrorHead(32)
+    with torch.no_grad():  # a trained-looking head: every layer matters
+        for param in head.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    low_res, iou, embedding, truth = _problem(3, seed=6)
+
+    def concatenated() -> torch.Tensor:
+        logits = low_res[:, None]
+        image = F.interpolate(head.reduce(embedding), LOW, mode="bilinear", align_corners=False)
+        probability = logits.sigmoid()
+        features = torch.cat([image.expand(3, -1, -1, -1), logits.clamp(-20, 20) / 10, probability,
+                              1 - (2 * probability - 1).abs(), iou.reshape(3, 1, 1, 1).expand(3, 1, LOW, LOW)], dim=1)
+        residual = F.interpolate(head.body(features), SIZE, mode="bilinear", align_corners=False)[:, 0]
+        upscaled = F.interpolate(logits, SIZE, mode="bilinear", align_corners=False)[:, 0]
+        offset, slope = head.boundary * head.lr_gain
+        return residual + offset - slope * upscaled.clamp(-20, 20).abs()
+
+    results = []
+    for forward in (concatenated, lambda: head(low_res, iou, embedding, SIZE)):
+        head.zero_grad()
+        out = forward()
+        error_head_loss(out, true_error(out.detach(), truth)).mean().backward()
+        results.append((out.detach(), [p.grad.clone() for p in head.parameters()]))
+    (a, grads_a), (b, grads_b) = results
+    torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)  # float rounding of a different summation order
+    for x, y in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(y, x, atol=1e-5, rtol=1e-4)

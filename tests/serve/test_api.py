@@ -87,10 +87,12 @@ def test_onnx_decoding_serves_the_same_masks(client, tiny, data_dir):
     masks = []
     for test_client in (client, TestClient(app, raise_server_exceptions=False)):
         sid = _open(test_client)["id"]
+        assert test_client.post(f"/api/volumes/{sid}/embed", json={"slice": k}).json()["embedded_now"]
         answer = test_client.post(f"/api/volumes/{sid}/predict", json=click)
         assert answer.status_code == 200, answer.text
         masks.append(from_run_lengths(answer.json()["mask"]).astype(bool))
     assert masks[0].sum() > 0 and (masks[0] != masks[1]).sum() <= 2  # float noise may flip a boundary pixel
+    assert app.state.onnx.image_part_runs == 1  # the slice's per-image decoder terms: at /embed, not per click
 
 
 @pytest.mark.parametrize("path", ["../secret.nii.gz", "ct/../../secret.nii.gz", "/etc/passwd", "ct/escape.nii.gz",

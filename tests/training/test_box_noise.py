@@ -33,7 +33,20 @@ def test_sam_noise_goes_both_ways_and_respects_the_caps():
     assert (moved[..., 2] > moved[..., 0]).all() and (moved[..., 3] > moved[..., 1]).all()
 
 
-@pytest.mark.parametrize("style", ["medsam", "sam"])
+def test_mixed_is_the_default_and_draws_both_loose_and_cutting_boxes():
+    """About half the organ boxes move outward only (MedSAM) and the rest both ways (SAM), within the cap."""
+    noise = BoxNoise(organ_shift_px=5.0)
+    assert noise.style == "mixed"
+    gen = torch.Generator().manual_seed(3)
+    moved = torch.stack([noise(BOXES, LESION, gen, 256) for _ in range(400)])
+    outward = (moved[:, 0] - BOXES[0]) * torch.tensor([-1.0, -1.0, 1.0, 1.0])
+    loose = (outward >= 0).all(dim=1).float().mean()
+    assert 0.4 < loose < 0.75  # 1/2 outward by choice, plus the SAM draws that happen to move all sides out
+    assert (outward < -2).any(dim=1).float().mean() > 0.2  # boxes that cut the organ by more than 2 px
+    assert outward.abs().max() <= 5.0 + 1e-5
+
+
+@pytest.mark.parametrize("style", ["mixed", "medsam", "sam"])
 def test_boxes_stay_inside_the_frame(style):
     edge = torch.tensor([[0.0, 0.0, 63.0, 63.0]])
     moved = BoxNoise(style, organ_shift_px=20.0)(edge, torch.tensor([False]), torch.Generator().manual_seed(2), 64)

@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from samadapt.training.engine import EngineSettings, TrainingResult, lr_factor, run_training
+from samadapt.training.engine import (
+    EngineSettings,
+    TrainingResult,
+    lr_factor,
+    run_training,
+    validations_without_gain,
+)
 
 CPU = torch.device("cpu")
 
@@ -112,6 +118,46 @@ def test_validation_keeps_the_best_step(tmp_path: Path):
     assert saved == [(4, 0.2), (8, 0.7)]
     assert (result.best_step, result.best_score) == (8, 0.7)
     assert result.curve == [(4, 0.2), (8, 0.7), (12, 0.5)]
+
+
+def test_patience_stops_the_run_after_validations_without_a_better_score(tmp_path: Path):
+    """Scores peak at the 2nd validation (step 4); with patience 2 the 3rd and 4th validations bring nothing
+    better, so the run stops at step 8 of 20; the same folder resumed stays stopped."""
+    scores = [0.5, 0.8, 0.7, 0.6, 0.9, 0.95, 0.99, 0.99, 0.99, 0.99]
+    settings = _settings(steps=20, eval_every=2, checkpoint_every=100, patience=2)
+    model, named, compute_loss = _problem()
+    feed = iter(scores)
+    result = run_training(tmp_path, named, settings, compute_loss, CPU, validate=lambda: next(feed))
+    assert (result.steps, result.best_step, result.best_score, result.stopped_early) == (8, 4, 0.8, True)
+    assert result.curve == [(2, 0.5), (4, 0.8), (6, 0.7), (8, 0.6)]
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["step"] == 8
+    again = run_training(tmp_path, named, settings, compute_loss, CPU, validate=lambda: next(feed))
+    assert (again.steps, again.steps_run, again.stopped_early) == (8, 0, True)
+
+    model, named, compute_loss = _problem()  # the same scores without patience: all 20 steps
+    feed = iter(scores)
+    full = run_training(tmp_path / "full", named, _settings(steps=20, eval_every=2), compute_loss, CPU,
+                        validate=lambda: next(feed))
+    assert (full.steps, full.best_step, full.stopped_early) == (20, 14, False)  # 0.99 first at step 14
+
+
+def test_patience_ignores_the_warm_up_and_gains_below_min_delta():
+    curve = [(2, 0.9), (4, 0.1), (6, 0.1), (8, 0.1)]
+    assert validations_without_gain(curve) == 3
+    assert validations_without_gain(curve, after=5) == 2  # steps 2 and 4 are in a 5-step warm-up
+    creeping = [(10, 0.80), (20, 0.805), (30, 0.81), (40, 0.83)]
+    assert validations_without_gain(creeping) == 0
+    assert validations_without_gain(creeping, min_delta=0.04) == 3  # none is 0.04 above 0.80
+    assert validations_without_gain(creeping, min_delta=0.025) == 0  # 0.83 > 0.80 + 0.025: a gain at step 40
+    assert validations_without_gain([(5, float("nan")), (10, float("nan"))]) == 2
+
+
+def test_a_run_that_ends_on_its_last_step_did_not_stop_early(tmp_path: Path):
+    model, named, compute_loss = _problem()
+    feed = iter([0.9, 0.1, 0.1])
+    result = run_training(tmp_path, named, _settings(patience=2), compute_loss, CPU, validate=lambda: next(feed))
+    assert (result.steps, result.best_step, result.stopped_early) == (12, 4, False)
 
 
 def test_autocast_is_for_cuda_only_and_settings_come_from_a_method_config():

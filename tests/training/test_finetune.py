@@ -45,7 +45,8 @@ def test_only_the_decoder_changes_and_checkpoints_load(micro_prepared, base, run
     # model.pth is the selected model: the best validation step, said in its sidecar; last.pth the last step
     best_step = max(result.curve, key=lambda point: point[1])[0]
     assert sidecar["selection"] == {"rule": "best", "step": best_step, "val_dice": result.best_val_dice,
-                                    "last_step": 6, "last_val_dice": result.curve[-1][1]}
+                                    "last_step": 6, "last_val_dice": result.curve[-1][1],
+                                    "stopped_early": False}
     assert sidecar["training"]["steps"] == best_step and sidecar["training"]["wall_s"] > 0
     assert read_state_dict(result.model).keys() == read_state_dict(result.best).keys()
     assert all(torch.equal(v, read_state_dict(result.best)[k]) for k, v in read_state_dict(result.model).items())
@@ -113,12 +114,26 @@ def test_a_used_folder_needs_resume_and_resume_needs_a_run(micro_prepared, base,
     (["--set", "lr=0"], "lr=0"),
     (["--set", "model=tiny"], "prepared at 64 px"),
     (["--set", "stepz=3"], "unknown setting"),
+    (["--set", "patience=-1"], "patience=-1"),
 ])
 def test_cli_bad_settings_exit_2_with_one_line(micro_prepared, tmp_path, args, expected):
     result = CliRunner().invoke(app, ["train", str(micro_prepared.root), "--out", str(tmp_path / "r"), *args])
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("samadapt: error:") and expected in lines[0]
+
+
+def test_cli_patience_stops_a_run_that_no_longer_improves(micro_prepared, base, tmp_path):
+    """At lr 1e-12 the weights do not move, so every validation scores the same: with patience 2 the run
+    stops at the third validation (step 3 of 20), keeps the first as its model and says so."""
+    out = tmp_path / "r"
+    result = CliRunner().invoke(app, ["train", str(micro_prepared.root), "--out", str(out), "--set", f"model={base}",
+                                      "--set", "steps=20", "--set", "eval_every=1", "--set", "patience=2",
+                                      "--set", "lr=1e-12", "--set", "batch_size=2", "--set", "warmup_steps=0"])
+    assert result.exit_code == 0, result.output
+    selection = json.loads((out / "model.json").read_text())["selection"]
+    assert (selection["step"], selection["last_step"], selection["stopped_early"]) == (1, 3, True)
+    assert result.stdout.strip().splitlines()[-1].endswith("stopped early at step 3 (patience 2)")
 
 
 def test_cli_resume_refuses_changed_settings(micro_prepared, base, tmp_path):

@@ -100,6 +100,38 @@ def test_a_single_click_takes_the_best_of_sams_three_outputs(sam):
     torch.testing.assert_close(losses.detach(), per_output[:, 1:].min(dim=1).values)
 
 
+
+def test_a_round_scores_only_the_outputs_each_region_uses():
+    """Single-mask output for well-specified prompts, the best of 1..3 for ambiguous ones: the same losses as
+    scoring all four outputs of every region and choosing afterwards."""
+    g = torch.Generator().manual_seed(0)
+    low_res, iou = torch.randn(5, 4, 16, 16, generator=g), torch.rand(5, 4, generator=g)
+    masks = _sample(5).masks
+    objective = PHPGObjective(loss_size=32)
+    everything = objective._mask_loss(low_res, iou, masks)
+    for ambiguous in ([False] * 5, [True] * 5, [True, False, False, True, False]):
+        ambiguous = torch.tensor(ambiguous)
+        expected = torch.where(ambiguous, everything[:, 1:].min(dim=1).values, everything[:, 0])
+        torch.testing.assert_close(objective._round_loss(low_res, iou, masks, ambiguous), expected)
+
+
+def test_recomputing_the_passes_gives_the_same_losses_and_gradients(sam):
+    """Activation checkpointing trades memory for one more forward; the training signal is unchanged."""
+    results = []
+    for recompute in (False, True):
+        objective = replace(_objective(phpg_correction_rounds=2, phpg_mask_only_rounds=1), recompute_passes=recompute)
+        sam.zero_grad()
+        losses, _, _ = objective.slice_losses(sam, _sample(4), torch.Generator().manual_seed(5))
+        objective.reduce(losses).backward()
+        grads = [p.grad.clone() for p in [*sam.mask_decoder.parameters(), *objective.error_head.parameters()]
+                 if p.grad is not None]
+        results.append((losses.detach(), grads))
+    (a, grads_a), (b, grads_b) = results
+    torch.testing.assert_close(a, b)
+    assert len(grads_a) == len(grads_b) > 0
+    for x, y in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(x, y)
+
 def _config(prepared, base, **kw) -> FinetuneConfig:
     values = dict(data=str(prepared.root), model=str(base), objective="phpg", steps=6, batch_size=2,
                   checkpoint_every=2, eval_every=3, warmup_steps=2, lr=1e-3, phpg_correction_rounds=1)
@@ -156,6 +188,7 @@ def test_phpg_with_class_pruning_runs_fewer_steps_and_resumes_exactly(micro_prep
     ("objective=phgp", "objective"),
     ("phpg_first_weights={box_tigth: 1}", "known: box_tight"),
     ("phpg_guidance_mix=2", "phpg_guidance_mix"),
+    ("phpg_recompute_passes=sometimes", "phpg_recompute_passes"),
 ])
 def test_cli_bad_phpg_settings_exit_2_with_one_line(micro_prepared, tmp_path, setting, expected):
     result = CliRunner().invoke(app, ["train", str(micro_prepared.root), "--out", str(tmp_path / "r"),

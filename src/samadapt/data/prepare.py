@@ -48,11 +48,13 @@ from samadapt.config import PrepareConfig, config_to_dict, save_config
 from samadapt.data.frame import frame_shape, model_frame_spacing, to_model_frame_image, to_model_frame_labels
 from samadapt.data.prepared import (
     FORMAT_VERSION,
+    PREPARE_MARKER,
     PreparedDataset,
     SliceObject,
     case_dir,
     case_is_complete,
-    dataset_hash,
+    check_case,
+    dataset_hashes,
     mask_box,
     source_signature,
     write_case,
@@ -60,7 +62,8 @@ from samadapt.data.prepared import (
 )
 from samadapt.data.windowing import Window, parse_window
 from samadapt.errors import ConfigError, DatasetError, GeometryMismatchError, InputFileError
-from samadapt.io.volume import Geometry, check_same_grid, read_volume
+from samadapt.io.atomic import write_json_atomic
+from samadapt.io.volume import Geometry, check_path_encodable, check_same_grid, read_volume
 
 MAX_SIDE = 4096
 MAX_SLICES = 5000
@@ -158,6 +161,7 @@ def _check_2d_side(path: Path, shape: tuple[int, ...]) -> None:
 
 def _check_volume_header(path: Path, axis: str) -> None:
     """Refuse absurd volume sizes from the file header, before reading the voxels (files only)."""
+    check_path_encodable(path)
     if path.is_dir():
         return
     reader = SimpleITK.ImageFileReader()
@@ -542,6 +546,44 @@ def _window_2d(spec: str, config: PrepareConfig, image_dtype: np.dtype | None) -
 # ----------------------------------------------------------------------------- driver
 
 
+def _volume_files(path: Path) -> list[Path]:
+    """A volume file, or every file of a DICOM series folder (all of them decide whether a shard is current)."""
+    return sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+
+
+def _recorded_source(out: Path) -> str | None:
+    """The source root a prepared dataset in ``out`` (finished, or an unfinished run's marker) was made from."""
+    for name, keys in (("manifest.json", ("source", "root")), (PREPARE_MARKER, ("source",))):
+        try:
+            value = json.loads((out / name).read_text())
+            for key in keys:
+                value = value[key]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if isinstance(value, str):
+            return value
+    return None
+
+
+def check_output_folder(out: Path, source: Path) -> None:
+    """Refuse an ``out`` that is a file, or a non-empty folder that is not a prepared dataset of ``source``.
+
+    A prepared dataset is recognised by its ``manifest.json`` or, for an unfinished run, by the marker file
+    written when the run began (:data:`samadapt.data.prepared.PREPARE_MARKER`).
+    """
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: is a file; give a new or empty folder for the prepared dataset")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    recorded = _recorded_source(out)
+    if recorded is None:
+        raise ConfigError(f"{out}: folder is not empty and is not a samadapt prepared dataset; choose a new or "
+                          "empty folder")
+    if recorded != str(source.resolve()):
+        raise ConfigError(f"{out}: holds a prepared dataset of {recorded}, not of {source}; choose a new folder "
+                          "(prepare reuses a folder only for the same source)")
+
+
 def _read_source(source: Path):
     from samadapt.io.layouts import detect_layout, read_folder_2d, read_nnunet_dataset
 
@@ -554,22 +596,36 @@ def prepare_dataset(source: str | Path, out: str | Path, config: PrepareConfig,
                     progress: Progress | None = None) -> PreparedDataset:
     """Prepare the raw dataset at ``source`` into ``out`` and return it opened.
 
-    Resumes: case folders already in ``out`` that are complete and were written with the same
-    parameters are kept as they are. ``out/config.yaml`` and finally ``out/manifest.json`` are written
-    only when every case is done. ``progress(done, total)`` is called after each case.
+    ``out`` must be new, empty, or a prepared dataset of the same ``source`` (finished or not); anything
+    else is refused before any file is touched. Resumes: case folders already in ``out`` that are intact
+    and were written with the same parameters from the same source files are kept as they are; damaged
+    ones are rebuilt. ``out/config.yaml`` and finally ``out/manifest.json`` are written only when every
+    case is done. ``progress(done, total)`` is called after each case.
+
+    Volume cases (nnU-Net / MSD layout) may be DICOM series: a folder ``imagesTr/<case>_0000/`` (or an MSD
+    entry naming a folder) of one series' slices, with its label volume in ``labelsTr`` as usual.
 
     Raises :class:`DatasetError` (empty dataset, undeclared label values, no objects left),
     :class:`InputFileError` (unreadable, NaN or absurdly large images), :class:`GeometryMismatchError`
-    (label off its image's grid) and :class:`ConfigError` (bad settings).
+    (label off its image's grid) and :class:`ConfigError` (bad settings, an ``out`` folder holding
+    something else).
     """
     source, out = Path(source), Path(out)
     if not source.is_dir():
         raise InputFileError(f"{source}: no such dataset folder; point to an nnU-Net dataset or a 2D folder")
     if out.resolve() == source.resolve() or source.resolve() in out.resolve().parents:
         raise ConfigError(f"{out}: write the prepared dataset outside the source folder {source}")
+    check_output_folder(out, source)
     layout, dataset = _read_source(source)
     if not dataset.cases:
         raise DatasetError(f"{source}: holds no cases; add images (and labels) in its {layout} layout")
+    if layout == "nnunet":  # before any work: ITK aborts the process on a path that is not UTF-8
+        for case in dataset.cases:
+            for path in [*case.image_paths[:1], *([case.label_path] if case.label_path is not None else [])]:
+                check_path_encodable(path)
+                if path.is_dir():
+                    for file in path.iterdir():
+                        check_path_encodable(file)
     if config.split_group:  # a pattern that misses a case fails now, not after the whole scan
         case_groups([case.case_id for case in dataset.cases], config.split_group)
 
@@ -590,6 +646,10 @@ def prepare_dataset(source: str | Path, out: str | Path, config: PrepareConfig,
               "classes_resolved": [spec.to_dict() for spec in classes], "format_version": FORMAT_VERSION,
               "ignore_label": getattr(dataset, "ignore_label", None)}
 
+    marker, marked = {"source": str(source.resolve())}, False  # written before this run's first change
+    if out.is_dir() and any(out.iterdir()):  # a dataset of this source (check_output_folder): keep it recognised
+        write_json_atomic(out / PREPARE_MARKER, marker)
+        marked = True
     (out / "manifest.json").unlink(missing_ok=True)  # the dataset is incomplete from here on
     if (out / "cases").is_dir():  # leftovers of a killed run's atomic writes
         for leftover in (out / "cases").glob(".*.tmp"):
@@ -599,15 +659,15 @@ def prepare_dataset(source: str | Path, out: str | Path, config: PrepareConfig,
     for position, case in enumerate(dataset.cases):
         case_id = case.case_id
         if layout == "nnunet":
-            files = [case.image_paths[0]] + ([case.label_path] if case.label_path is not None else [])
+            files = _volume_files(Path(case.image_paths[0])) + (
+                [case.label_path] if case.label_path is not None else [])
         else:
             files = [case.image_path] + [inst.path for inst in case.instances] + (
                 [spacing_file] if spacing_file is not None else [])
         sources = source_signature(files)
         if case_is_complete(out, case_id, params, sources):
-            folder = case_dir(out, case_id)
-            n_slices = int(np.load(folder / "images.npy", mmap_mode="r").shape[0])
-            done[case_id] = (n_slices, len(json.loads((folder / "objects.json").read_text())))
+            n_slices, objects, _ = check_case(case_dir(out, case_id), config.image_size)
+            done[case_id] = (n_slices, len(objects))
         else:
             if layout == "nnunet":
                 if case.label_path is None:
@@ -623,6 +683,9 @@ def prepare_dataset(source: str | Path, out: str | Path, config: PrepareConfig,
                 if not any(s["case_id"] == case_id for s in skipped):
                     skipped.append({"case_id": case_id, "reason": "no objects and no empty slice drawn"})
             else:
+                if not marked:
+                    write_json_atomic(out / PREPARE_MARKER, marker)
+                    marked = True
                 write_case(out, case_id, result.images, result.labels, result.objects, result.meta)
                 done[case_id] = (int(result.images.shape[0]), len(result.objects))
         if progress is not None:
@@ -634,16 +697,18 @@ def prepare_dataset(source: str | Path, out: str | Path, config: PrepareConfig,
     splits, warnings = resolve_splits(list(done), config)
     cases = [{"case_id": cid, "split": splits[cid], "n_slices": done[cid][0], "n_objects": done[cid][1]}
              for cid in sorted(done)]
+    full_hash, content_hash = dataset_hashes(out, params, cases)
     manifest = {
         "format_version": FORMAT_VERSION,
         "source": {"root": str(source.resolve()), "layout": layout, "name": name},
         "params": params, "image_size": config.image_size,
         "classes": [spec.to_dict() for spec in classes],
         "cases": cases, "split_seed": config.seed,
-        "hash": dataset_hash(out, params, cases),
+        "hash": full_hash, "content_hash": content_hash,
         "skipped": skipped,
         "warnings": warnings,
     }
+    write_json_atomic(out / PREPARE_MARKER, marker)
     save_config(config, out / "config.yaml")
     write_manifest(out, manifest)
     return PreparedDataset(out)

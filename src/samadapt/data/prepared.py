@@ -32,19 +32,30 @@ is ``np.isin(labels[slice], values)``.
 "source_files": [[path, size, mtime_ns], ...]}`` (``params`` and ``source_files`` decide whether a shard
 is reused on resume); 2D cases add ``"source_masks": {raw value: mask file}``.
 
-Every case folder is written atomically, so a folder that exists is complete.
+Every case folder is written atomically, so a folder that exists is complete. Opening a dataset
+(:class:`PreparedDataset`) checks every shard: the ``.npy`` headers (dtype, shape, a file as long as its
+header says; no pickled data), and that ``objects.json`` and ``meta.json`` parse into the fields above. A
+damaged shard is a :class:`DatasetError` naming its file; ``samadapt prepare`` rebuilds such a shard when it
+is rerun into the folder.
+
+A hidden ``.samadapt_prepare.json`` (``{"source": <source root>}``) is written by every prepare run before
+it changes the folder, so that ``samadapt prepare`` recognises an unfinished dataset of the same source
+(and refuses any other non-empty folder).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from numpy.lib import format as npy_format
 
 from samadapt.errors import DatasetError
 from samadapt.io.atomic import atomic_dir, write_json_atomic
@@ -53,6 +64,9 @@ from samadapt.io.checksums import file_sha256
 FORMAT_VERSION = 1
 CASE_FILES = ("images.npy", "labels.npy", "objects.json", "meta.json")
 SPLITS = ("train", "val", "test")
+PREPARE_MARKER = ".samadapt_prepare.json"
+_REBUILD = "rerun `samadapt prepare` into this folder to rebuild the case"
+_OBJECT_KEYS = ("slice", "class", "class_index", "instance", "values", "area", "box")
 _MANIFEST_KEYS = ("format_version", "source", "params", "image_size", "classes", "cases", "split_seed",
                   "hash")
 
@@ -117,11 +131,127 @@ def case_hash(case_dir: Path) -> str:
 
 def dataset_hash(out: Path, params: dict, cases: Iterable[dict]) -> str:
     """sha256 over ``params`` (canonical JSON) and, per case in order, its id, split and :func:`case_hash`."""
-    digest = hashlib.sha256(_canonical({"format_version": FORMAT_VERSION, "params": params}))
+    return dataset_hashes(out, params, cases)[0]
+
+
+def dataset_hashes(out: Path, params: dict, cases: Iterable[dict]) -> tuple[str, str]:
+    """``(hash, content_hash)``: :func:`dataset_hash`, and the same without the split (the split settings
+    and each case's split left out). What depends on the cases' contents only (the embedding cache) keys on
+    ``content_hash``, so re-splitting a prepared folder does not invalidate it."""
+    full = hashlib.sha256(_canonical({"format_version": FORMAT_VERSION, "params": params}))
+    content = hashlib.sha256(_canonical({"format_version": FORMAT_VERSION, "params": _shard_params(params),
+                                         "without": "split"}))
     for case in cases:
-        digest.update(_canonical([case["case_id"], case["split"]]))
-        digest.update(case_hash(Path(out) / "cases" / case["case_id"]).encode())
-    return digest.hexdigest()
+        shard = case_hash(Path(out) / "cases" / case["case_id"]).encode()
+        full.update(_canonical([case["case_id"], case["split"]]))
+        full.update(shard)
+        content.update(_canonical([case["case_id"]]))
+        content.update(shard)
+    return full.hexdigest(), content.hexdigest()
+
+
+_NPY_HEADER = re.compile(r"\{'descr': '([<>|=]?[a-zA-Z]\d*)', 'fortran_order': (?:True|False), "
+                         r"'shape': \(((?:\d+, ?)*\d*)\), \}\s*")
+"""The header np.save writes for a plain array: read directly, much faster than numpy's general parser."""
+
+
+def _parse_npy_header(f) -> tuple[tuple[int, ...], np.dtype]:
+    version = npy_format.read_magic(f)
+    if version not in ((1, 0), (2, 0)):
+        raise ValueError(f"npy format version {version}")
+    size_bytes = f.read(2 if version == (1, 0) else 4)
+    if len(size_bytes) != (2 if version == (1, 0) else 4):
+        raise EOFError("header length cut short")
+    header = f.read(int.from_bytes(size_bytes, "little"))
+    fast = _NPY_HEADER.fullmatch(header.decode("latin1"))
+    if fast is not None:
+        return tuple(int(n) for n in fast[2].replace(" ", "").split(",") if n), np.dtype(fast[1])
+    f.seek(0)
+    npy_format.read_magic(f)
+    read = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+    shape, _, dtype = read(f)
+    return tuple(int(n) for n in shape), dtype
+
+
+def _npy_header(path: Path, dtype: np.dtype) -> tuple[int, ...]:
+    """Shape of the ``.npy`` array at ``path`` from its header, checking that it holds ``dtype`` values (so no
+    pickled objects) and that the file is as long as the header says; :class:`DatasetError` otherwise."""
+    try:
+        with open(path, "rb") as f:
+            try:
+                shape, found = _parse_npy_header(f)
+            except (ValueError, EOFError, SyntaxError, TypeError) as err:
+                raise DatasetError(f"{path}: not a readable .npy array ({str(err)[:80]}); {_REBUILD}") from None
+            data_start = f.tell()
+        size = path.stat().st_size
+    except OSError as err:
+        raise DatasetError(f"{path}: cannot be read ({err.strerror or err}); {_REBUILD}") from None
+    if found.hasobject or found != dtype:
+        what = "Python objects (pickled)" if found.hasobject else f"{found} values"
+        raise DatasetError(f"{path}: holds {what}, not {np.dtype(dtype)}; {_REBUILD}")
+    expected = data_start + math.prod(shape) * found.itemsize
+    if size < expected:
+        raise DatasetError(f"{path}: is truncated ({size} of {expected} bytes); {_REBUILD}")
+    return shape
+
+
+def _json_file(path: Path) -> object:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:  # UnicodeDecodeError is a ValueError
+        raise DatasetError(f"{path}: unreadable or not JSON ({type(err).__name__}); {_REBUILD}") from None
+
+
+def _read_objects(path: Path, data: object, case_id: str, n_slices: int, image_size: int) -> list[SliceObject]:
+    if not isinstance(data, list):
+        raise DatasetError(f"{path}: must hold a list of objects; {_REBUILD}")
+    objects = []
+    for position, entry in enumerate(data):
+        missing = [k for k in _OBJECT_KEYS if k not in entry] if isinstance(entry, dict) else list(_OBJECT_KEYS)
+        if missing:
+            raise DatasetError(f"{path}: object {position} lacks {', '.join(missing)}; {_REBUILD}")
+        try:
+            obj = SliceObject.from_dict(case_id, entry)
+        except (TypeError, ValueError):
+            raise DatasetError(f"{path}: object {position} has a malformed field; {_REBUILD}") from None
+        x0, y0, x1, y1 = obj.box if len(obj.box) == 4 else (0, 0, 0, 0)
+        if not (0 <= x0 < x1 <= image_size and 0 <= y0 < y1 <= image_size):
+            raise DatasetError(f"{path}: object {position} has box {list(obj.box)} outside the {image_size} px "
+                               f"model frame; {_REBUILD}")
+        if not 0 <= obj.slice < n_slices:
+            raise DatasetError(f"{path}: object {position} is on slice {obj.slice}, but the case has {n_slices} "
+                               f"slices; {_REBUILD}")
+        objects.append(obj)
+    return objects
+
+
+def check_case(folder: Path, image_size: int) -> tuple[int, list[SliceObject], dict]:
+    """Check a case shard against the format (module docstring) without reading its arrays.
+
+    Returns ``(number of slices, objects, meta.json content)``; raises :class:`DatasetError` naming the
+    missing or damaged file.
+    """
+    missing = [n for n in CASE_FILES if not (folder / n).is_file()]
+    if missing:
+        raise DatasetError(f"{folder}: missing {', '.join(missing)}; {_REBUILD}")
+    images = _npy_header(folder / "images.npy", np.dtype(np.uint8))
+    side = (image_size, image_size)
+    if not (len(images) == 3 or (len(images) == 4 and images[3] == 3)) or images[1:3] != side or images[0] < 1:
+        raise DatasetError(f"{folder / 'images.npy'}: shape {images} is not (slices, {image_size}, {image_size}) "
+                           f"or (slices, {image_size}, {image_size}, 3); {_REBUILD}")
+    labels = _npy_header(folder / "labels.npy", np.dtype(np.uint16))
+    if labels != images[:3]:
+        raise DatasetError(f"{folder / 'labels.npy'}: shape {labels} differs from the images' {images[:3]}; "
+                           f"{_REBUILD}")
+    meta = _json_file(folder / "meta.json")
+    valid = meta.get("valid_hw") if isinstance(meta, dict) else None
+    if not (isinstance(valid, list) and len(valid) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= image_size for v in valid)):
+        raise DatasetError(f"{folder / 'meta.json'}: needs \"valid_hw\": [h, w] within the {image_size} px frame; "
+                           f"{_REBUILD}")
+    objects = _read_objects(folder / "objects.json", _json_file(folder / "objects.json"), folder.name, images[0],
+                            image_size)
+    return images[0], objects, meta
 
 
 def case_dir(out: str | os.PathLike[str], case_id: str) -> Path:
@@ -147,19 +277,17 @@ def _shard_params(params: dict) -> dict:
 
 def case_is_complete(out: str | os.PathLike[str], case_id: str, params: dict,
                      sources: list[list] | None = None) -> bool:
-    """True when the case folder holds every shard file and was written with exactly ``params`` (the split
-    settings aside: they do not change a shard).
+    """True when the case folder holds every shard file, intact (:func:`check_case`), and was written with
+    exactly ``params`` (the split settings aside: they do not change a shard).
 
     With ``sources`` (a :func:`source_signature`), the shard must also come from those very files.
     """
     folder = case_dir(out, case_id)
-    if not all((folder / name).is_file() for name in CASE_FILES):
-        return False
     try:
-        meta = json.loads((folder / "meta.json").read_text())
-    except (OSError, ValueError):
+        _, _, meta = check_case(folder, int(params.get("image_size", 0)))
+    except (DatasetError, TypeError, ValueError):
         return False
-    if not isinstance(meta, dict) or not isinstance(meta.get("params"), dict):
+    if not isinstance(meta.get("params"), dict):
         return False
     if _canonical(_shard_params(meta["params"])) != _canonical(_shard_params(params)):
         return False
@@ -229,20 +357,27 @@ class PreparedDataset:
         if bad:
             raise DatasetError(f"{path}: cases {bad[:3]} have an unknown split; "
                                f"use one of {', '.join(SPLITS)}")
-        for case_id in cases:
+        image_size = manifest["image_size"]
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+            raise DatasetError(f"{path}: image_size {image_size!r} is not a positive integer; rerun `samadapt prepare`")
+        objects: dict[str, list[SliceObject]] = {}
+        metas: dict[str, dict] = {}
+        for case_id, row in cases.items():
             folder = self.root / "cases" / case_id
-            missing = [n for n in CASE_FILES if not (folder / n).is_file()]
-            if missing:
-                raise DatasetError(f"{folder}: missing {', '.join(missing)}; "
-                                   "rerun `samadapt prepare` to rebuild it")
+            n_slices, objects[case_id], metas[case_id] = check_case(folder, image_size)
+            if row.get("n_slices", n_slices) != n_slices:
+                raise DatasetError(f"{folder / 'images.npy'}: holds {n_slices} slices, but {path.name} lists "
+                                   f"{row['n_slices']}; {_REBUILD}")
         self.manifest: dict = manifest
-        self.image_size: int = int(manifest["image_size"])
+        self.image_size: int = image_size
         self.classes: list[dict] = list(manifest["classes"])
         self.class_names: list[str] = names
         self.hash: str = str(manifest["hash"])
+        # the cases' contents without the split (manifests written before it existed: the whole hash)
+        self.content_hash: str = str(manifest.get("content_hash", manifest["hash"]))
         self._cases = cases
-        self._objects: dict[str, list[SliceObject]] = {}
-        self._meta: dict[str, dict] = {}
+        self._objects: dict[str, list[SliceObject]] = objects
+        self._meta: dict[str, dict] = metas
 
     def __repr__(self) -> str:
         return f"PreparedDataset({str(self.root)!r}, cases={len(self._cases)}, image_size={self.image_size})"
@@ -272,16 +407,13 @@ class PreparedDataset:
         return np.load(self._folder(case_id) / "labels.npy", mmap_mode="r")
 
     def objects(self, case_id: str) -> list[SliceObject]:
-        """The case's objects, in file order (by slice, then class / instance)."""
-        if case_id not in self._objects:
-            data = json.loads((self._folder(case_id) / "objects.json").read_text())
-            self._objects[case_id] = [SliceObject.from_dict(case_id, o) for o in data]
+        """The case's objects, in file order (by slice, then class / instance); read when the dataset opened."""
+        self._folder(case_id)
         return list(self._objects[case_id])
 
     def meta(self, case_id: str) -> dict:
-        """The case's ``meta.json`` (source paths, geometry, axis, slice indices, spacings)."""
-        if case_id not in self._meta:
-            self._meta[case_id] = json.loads((self._folder(case_id) / "meta.json").read_text())
+        """The case's ``meta.json`` (source paths, geometry, axis, slice indices, spacings); read on opening."""
+        self._folder(case_id)
         return dict(self._meta[case_id])
 
     def object_mask(self, case_id: str, obj: SliceObject) -> np.ndarray:

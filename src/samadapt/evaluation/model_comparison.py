@@ -346,8 +346,17 @@ def evaluate_models(
     n_objects = sum(len(objs) for _, _, objs in slices)
     at = f"jitter {_jitter_name(base)} px"
     fill_dice = _class_mean(fill.rows, "dice")
+    worst = levels[-1]  # robustness: the same Dice at the largest jitter, beside the tight-box one
+
+    def robustness(label: str) -> dict:
+        if label == BOX_FILL or worst == base:
+            return {}
+        name = f"box Dice at {_jitter_name(worst)} px jitter"
+        return {name: bootstrap_estimate(per_model[label][worst].rows, "dice")}
+
     estimates = {label: {"box Dice": bootstrap_estimate(scores.rows, "dice"),
-                         "box NSD": bootstrap_estimate(scores.rows, "nsd"), **protocol_estimates(extras.get(label, {}))}
+                         "box NSD": bootstrap_estimate(scores.rows, "nsd"), **robustness(label),
+                         **protocol_estimates(extras.get(label, {}))}
                  for label, scores in [*((label, per_model[label][base]) for label in labels), (BOX_FILL, fill)]}
     sample = {"evaluated": len(slices), "total": total, "max_slices": max_slices, "seed": seed,
               "unit": "slices with objects"}

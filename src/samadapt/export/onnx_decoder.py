@@ -243,19 +243,28 @@ def sidecar_path(onnx_path: str | os.PathLike[str]) -> Path:
 
 
 def _session_options():
-    """onnxruntime's session options with torch's thread count; ConfigError when onnxruntime is missing."""
+    """onnxruntime's session options (torch's thread count, all graph optimisations); ConfigError without it."""
     try:
         import onnxruntime
     except ImportError:
         raise ConfigError("onnxruntime is not installed; pip install 'samadapt[export]' (or --no-verify)") from None
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = max(1, torch.get_num_threads())
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL  # fusions (Gemm, Gelu...)
     return options
 
 
-def onnx_session(path: str | os.PathLike[str]):
-    """An onnxruntime CPU inference session of an exported decoder."""
+def onnx_session(path: str | os.PathLike[str], spinning: bool = True):
+    """An onnxruntime CPU inference session of an exported decoder.
+
+    ``spinning=False``: its worker threads sleep as soon as a run ends instead of spinning for more work.
+    Where torch works between runs (a click's prompt conversion and mask resizing), spinning workers hold
+    the cores that torch's OpenMP threads then wait for: with 2 threads each, a click decoded in the main
+    thread took 42-46 ms with spinning and 22-24 ms without (``docs/medsam_lite.md``).
+    """
     options = _session_options()
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     import onnxruntime
 
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -50,6 +50,14 @@ class PropagationSettings:
     previous_mask_prompt: bool = False
 
     def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            optional = name in ("max_intensity_shift", "max_slices") and value is None
+            if name != "previous_mask_prompt" and not optional and (
+                    isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ConfigError(f"propagation setting {name}={value!r}: must be a number")
+        if not isinstance(self.previous_mask_prompt, bool):
+            raise ConfigError(f"propagation setting previous_mask_prompt={self.previous_mask_prompt!r}: "
+                              "use true or false")
         if not 0 <= self.margin_fraction <= 1 or self.margin_px < 0:
             raise ConfigError("propagation margins: margin_fraction in [0, 1] and margin_px >= 0")
         if self.min_area < 1 or not 0 <= self.min_overlap <= 1:

@@ -12,10 +12,16 @@ Outputs, per case, in ``OUT``:
   model, the mode, per-object slices and stop reasons, timing, and ``request``: a signature of everything
   that decided the result.
 
-Both files are written atomically, the sidecar last. A rerun skips a case whose sidecar holds the same
-``request`` (same input file, model checkpoint, prompts and settings) and redoes any other, so a killed
-run resumes and a changed prompt is never answered with a stale volume. Every case's prompts are checked
-against its grid before the first case is segmented.
+Each case is written in three atomic steps: a provisional sidecar (``"finished": null``), the label volume,
+then the final sidecar. A rerun skips a case whose finished sidecar holds the same ``request`` (same input
+file, model checkpoint, prompts and settings) and redoes any other, so a killed run resumes and a changed
+prompt is never answered with a stale volume. Every case's prompts are checked against its grid before the
+first case is segmented, and so is every NIfTI input for NaN or infinite voxels (which ITK's NIfTI reader
+would turn into 0 without a word).
+
+Files segment did not write are never replaced: a ``<case_id>.json`` in ``OUT`` that is not a segment
+sidecar, or a ``<case_id>.nii.gz`` without one, stops the run before any case is segmented (move the file
+away or choose another ``--out``).
 """
 
 from __future__ import annotations
@@ -43,7 +49,15 @@ from samadapt.inference.volume_segmentation import (
 )
 from samadapt.inference.volume_slices import VolumeSlices
 from samadapt.io.atomic import write_json_atomic
-from samadapt.io.volume import VOLUME_SUFFIXES, Geometry, is_volume_path, read_volume, write_volume
+from samadapt.io.volume import (
+    VOLUME_SUFFIXES,
+    Geometry,
+    check_nifti_finite,
+    check_path_encodable,
+    is_volume_path,
+    read_volume,
+    write_volume,
+)
 from samadapt.progress import BarFactory, no_bars
 
 OUTPUT_SUFFIX = ".nii.gz"
@@ -69,8 +83,10 @@ def case_id_of(path: Path) -> str:
 
 
 def find_cases(source: str | os.PathLike[str]) -> list[Case]:
-    """The cases of ``source`` (see the module docstring), sorted by case id; duplicate ids are refused."""
+    """The cases of ``source`` (see the module docstring), sorted by case id; duplicate ids are refused, and
+    so are paths that are not UTF-8 (the image reader would abort on them)."""
     source = Path(source)
+    check_path_encodable(source)
     if not source.exists():
         raise InputFileError(f"{source}: no such file or folder; give a volume file or a folder of volumes")
     if source.is_file():
@@ -85,6 +101,8 @@ def find_cases(source: str | os.PathLike[str]) -> list[Case]:
         if any(p.is_file() for p in entries):
             return [Case(source.name, source)]  # the folder itself is a DICOM series
         raise InputFileError(f"{source}: holds no volumes; give a volume file or a folder of volumes")
+    for path in volumes + series:
+        check_path_encodable(path)
     cases = [Case(case_id_of(p), p) for p in volumes + series]
     ids = [c.case_id for c in cases]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
@@ -95,6 +113,7 @@ def find_cases(source: str | os.PathLike[str]) -> list[Case]:
 
 def read_geometry(path: Path) -> Geometry:
     """A volume's geometry from its header alone (DICOM folders and 2D files are read in full)."""
+    check_path_encodable(path)
     if path.is_file():
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
@@ -176,14 +195,45 @@ def output_paths(out: Path, case_id: str) -> tuple[Path, Path]:
     return out / f"{case_id}{OUTPUT_SUFFIX}", out / f"{case_id}.json"
 
 
+def _read_sidecar(path: Path) -> dict | None:
+    """The sidecar at ``path`` when it is one that segment wrote (a JSON object with a ``request`` signature);
+    None when there is no such file or it is something else."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("request"), dict) or not isinstance(
+            data["request"].get("sha256"), str) or not isinstance(data.get("case_id"), str):
+        return None
+    return data
+
+
+def check_outputs_are_ours(out: Path, case_ids: list[str]) -> None:
+    """Raise :class:`ConfigError` when ``out`` holds a ``<case_id>.json`` that is not a segment sidecar, or
+    a ``<case_id>.nii.gz`` without one: segment would replace a file it did not write."""
+    for case_id in case_ids:
+        volume_path, sidecar_path = output_paths(out, case_id)
+        for path in (volume_path, sidecar_path):
+            if path.exists() and not path.is_file():
+                raise ConfigError(f"{path}: is a folder where segment writes its output for case '{case_id}'; "
+                                  "move it away or choose another --out")
+        if sidecar_path.exists():
+            if _read_sidecar(sidecar_path) is None:
+                raise ConfigError(f"{sidecar_path}: exists and is not a `samadapt segment` sidecar, so it would "
+                                  "be replaced; move it away or choose another --out")
+        elif volume_path.exists():
+            raise ConfigError(f"{volume_path}: exists without the sidecar {sidecar_path.name} that segment "
+                              "writes with its volumes, so it would be replaced; move it away or choose "
+                              "another --out")
+
+
 def _is_done(out: Path, case_id: str, request: dict) -> bool:
     volume_path, sidecar_path = output_paths(out, case_id)
-    if not (volume_path.is_file() and sidecar_path.is_file()):
+    if not volume_path.is_file():
         return False
-    try:
-        return json.loads(sidecar_path.read_text()).get("request", {}).get("sha256") == request["sha256"]
-    except (OSError, ValueError, AttributeError):
-        return False
+    sidecar = _read_sidecar(sidecar_path)
+    return sidecar is not None and sidecar.get("finished") is not None and (
+        sidecar["request"]["sha256"] == request["sha256"])
 
 
 def segment_cases(
@@ -218,10 +268,15 @@ def segment_cases(
     if out.resolve() == source.resolve() or (source.is_dir() and source.resolve() in out.resolve().parents):
         raise ConfigError(f"{out}: write the label volumes outside the input folder {source}")
     single = source.is_file() or (len(cases) == 1 and cases[0].path == source)
+    check_path_encodable(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: is a file; give a folder for the label volumes (--out)")
+    check_outputs_are_ours(out, [case.case_id for case in cases])
     planned = []
     model = _model_identity(segmenter, model_label)
     for case in cases:  # check every case's prompts against its grid before segmenting anything
         geometry = read_geometry(case.path)
+        check_nifti_finite(case.path)  # ITK would read NaN as 0; other formats keep them (VolumeSlices refuses)
         case_prompts = prompts.prompts_for(case.case_id, geometry, single) if prompts is not None else None
         planned.append((case, case_prompts, _request(case, model, adapter_label, prompts, settings, single)))
     summary = SegmentSummary(out)
@@ -256,6 +311,10 @@ def segment_cases(
 def _write_case(out: Path, case: Case, geometry: Geometry, result: VolumeSegmentation, labels_table: dict,
                 request: dict, slices: VolumeSlices, mode: str) -> None:
     volume_path, sidecar_path = output_paths(out, case.case_id)
+    # A provisional sidecar first: a volume in OUT is then always accompanied by a sidecar, even when the run
+    # is killed between the two writes, so a rerun can tell its own files from the user's.
+    write_json_atomic(sidecar_path, {"case_id": case.case_id, "source": str(case.path), "output": volume_path.name,
+                                     "finished": None, "request": request})
     write_volume(result.labels, geometry, volume_path)
     write_json_atomic(sidecar_path, {
         "case_id": case.case_id, "labels": labels_table, "source": str(case.path), "output": volume_path.name,

@@ -115,8 +115,8 @@ class Segmenter:
             where it has an APM. It must belong to ``loaded`` (checked by :meth:`from_model`).
         encode_batch_size: slices per encoder call in :meth:`embed`.
         onnx: an :class:`~samadapt.inference.onnx_decoding.OnnxDecoding` of the same model and adapter to
-            run :meth:`predict`'s decoder in onnxruntime (CPU only; 2-3x faster per click than eager torch on
-            a CPU), or None for torch. The image encoder and :meth:`predict_auto` stay in torch.
+            run :meth:`predict`'s decoder in onnxruntime (CPU only; several times faster per click than eager
+            torch on a CPU), or None for torch. The image encoder and :meth:`predict_auto` stay in torch.
     """
 
     def __init__(self, loaded: LoadedModel, device: str | torch.device = "cpu",
@@ -266,6 +266,13 @@ class Segmenter:
             self.cache.put(key, value)
         return value
 
+    def prepare_decoder(self, slice_index: int | None = None) -> None:
+        """Embed the image (or volume slice) if needed and, with onnxruntime decoding, compute its
+        prompt-independent decoder terms now, so that its first click costs what every later click costs."""
+        value = self.embedding(slice_index)
+        if self.onnx is not None:
+            self.onnx.image_terms(value.embedding, image_key=self._source(slice_index)[0])
+
     # ------------------------------------------------------------------ decoding
 
     def predict(self, boxes: Any = None, points: Any = None, labels: Any = None, mask_input: Any = None,
@@ -284,7 +291,7 @@ class Segmenter:
         Every given prompt kind must have the same N: row ``i`` of each forms object ``i``.
         Raises :class:`PromptError` for malformed prompts or coordinates outside the image.
         """
-        _, _, hw = self._source(slice_index)
+        key, _, hw = self._source(slice_index)
         frame = ImageFrame(hw, self.image_size)
         box_arr = _as_array(boxes, "boxes", (4,))
         point_arr = _as_array(points, "points", (None, 2))
@@ -309,10 +316,10 @@ class Segmenter:
             pad = label_arr < 0
             checked = np.where(pad[..., None], 0.0, point_arr)  # padding points may hold anything
             model_points = torch.from_numpy(frame.points_to_model(checked))
-        embedding = torch.from_numpy(np.asarray(self.embedding(slice_index).embedding, dtype=np.float32))
+        cached = self.embedding(slice_index).embedding  # 1xCxgxg float16
         low_parts, iou_parts, mask_parts = [], [], []
         with torch.inference_mode():
-            emb = embedding.to(self.device)
+            emb = None if self.onnx is not None else torch.from_numpy(np.asarray(cached, np.float32)).to(self.device)
             for lo in range(0, count, DECODE_CHUNK):
                 rows = slice(lo, lo + DECODE_CHUNK)
                 pts = None if model_points is None else (
@@ -324,7 +331,7 @@ class Segmenter:
                     "mask_logits": None if masks_in is None else masks_in.to(self.device),
                 }
                 if self.onnx is not None:
-                    low_res, iou = self.onnx(emb, **prompts)
+                    low_res, iou = self.onnx(cached, image_key=key, **prompts)  # image terms kept per key
                 elif self.adapter is not None and self.adapter.has_ips:
                     low_res, iou = shifted_decode(self.adapter, self.sam, emb, **prompts)
                 else:

@@ -172,6 +172,12 @@ class AutoSettings:
     min_score: float = 0.0
     min_area: int = 8
 
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if not (name == "presence_threshold" and value is None) and (
+                    isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ConfigError(f"auto setting {name}={value!r}: must be a number")
+
 
 def segment_volume_auto(segmenter: Segmenter, classes: list[str] | None = None,
                         settings: AutoSettings = AutoSettings(),

@@ -11,9 +11,14 @@ nnU-Net v2::
     root/labelsTr/<case>.nii.gz
     root/imagesTs/<case>_0000.nii.gz                          optional, unlabelled
 
+DICOM series as images: a folder ``imagesTr/<case>_0000/`` (or ``imagesTs/...``) holding the slice files
+of one series takes the place of the image file; its label is a volume file ``labelsTr/<case><file_ending>``
+(e.g. ``"file_ending": ".nrrd"``) on the series' grid. Files and series folders may be mixed.
+
 Medical Segmentation Decathlon (also nnU-Net v1): ``"modality": {"0": "CT"}``, ``"labels": {"0":
 "background", "1": "liver"}`` and a ``"training"`` list of ``{"image": "./imagesTr/x.nii.gz", "label":
 "./labelsTr/x.nii.gz"}``; image files carry no channel suffix (nnU-Net v1 files with ``_0000`` are found too).
+An ``"image"`` entry may name a DICOM series folder (``"./imagesTr/x"``); the case id is the folder's name.
 
 2D folders::
 
@@ -218,19 +223,32 @@ def _visible_files(folder: Path, ending: str) -> list[Path]:
                   if p.is_file() and not p.name.startswith(".") and p.name.endswith(ending))
 
 
+def _series_folders(folder: Path) -> list[Path]:
+    """Subfolders of ``folder`` (DICOM series), skipping hidden ones."""
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 def _scan_channel_files(folder: Path, ending: str, n_channels: int) -> dict[str, tuple[Path, ...]]:
-    """``{case_id: (channel 0 path, ...)}`` from nnU-Net v2 names ``<case>_<XXXX><ending>``."""
-    pattern = re.compile(rf"^(?P<case>.+)_(?P<channel>\d{{4}}){re.escape(ending)}$")
+    """``{case_id: (channel 0 path, ...)}`` from nnU-Net v2 names ``<case>_<XXXX><ending>``, or DICOM series
+    folders ``<case>_<XXXX>``."""
+    file_name = re.compile(rf"^(?P<case>.+)_(?P<channel>\d{{4}}){re.escape(ending)}$")
+    folder_name = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
     found: dict[str, dict[int, Path]] = defaultdict(dict)
-    for path in _visible_files(folder, ending):
+    entries = [(p, file_name) for p in _visible_files(folder, ending)] + [
+        (p, folder_name) for p in _series_folders(folder)]
+    for path, pattern in entries:
         match = pattern.match(path.name)
         if match is None:
-            raise DatasetError(f"{path}: name lacks the channel suffix; nnU-Net v2 images are named "
-                               f"<case>_0000{ending}")
+            kind = f"images are named <case>_0000{ending}" if path.is_file() else (
+                "DICOM series folders are named <case>_0000")
+            raise DatasetError(f"{path}: name lacks the channel suffix; nnU-Net v2 {kind}")
         channel = int(match["channel"])
         if channel >= n_channels:
             raise DatasetError(f"{path}: channel {channel} is not declared in dataset.json channel_names "
                                f"({n_channels} channels); rename it or declare the channel")
+        if channel in found[match["case"]]:
+            raise DatasetError(f"{path}: channel {channel} of case {match['case']!r} is also "
+                               f"{found[match['case']][channel]}; keep one")
         found[match["case"]][channel] = path
     cases: dict[str, tuple[Path, ...]] = {}
     for case_id, channels in found.items():
@@ -291,6 +309,8 @@ def _msd_image_files(root: Path, relative: str, n_channels: int,
                      json_path: Path) -> tuple[str, tuple[Path, ...]]:
     """Case id and channel files of an MSD image entry; nnU-Net v1 ``_0000`` channel files are accepted."""
     path = root / relative
+    if path.is_dir():  # a DICOM series
+        return path.name, (path,)
     ending = _file_ending(path.name)
     case_id = path.name[: -len(ending)] if ending else path.name
     if path.is_file():
@@ -324,7 +344,8 @@ def _read_msd_cases(root: Path, json_path: Path, data: dict[str, Any], n_channel
             raise DatasetError(f"{label}: listed in {json_path.name} but missing; "
                                "add the label or remove its entry")
         train.append(VolumeCase(case_id, images, label))
-    ending = _file_ending(train[0].image_paths[0].name)
+    first = train[0].image_paths[0]
+    ending = _file_ending((train[0].label_path if first.is_dir() else first).name)  # a DICOM folder has none
     test: list[VolumeCase] = []
     for entry in data.get("test") or []:
         case_id, images = _msd_image_files(root, _entry_path(entry, "image", json_path, "test"),

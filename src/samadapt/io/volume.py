@@ -6,6 +6,7 @@ Array order is SimpleITK's numpy order, ``(Z, Y, X)``; geometry tuples are in Si
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
 import zlib
@@ -72,6 +73,25 @@ class Volume:
     path: Path | None = None
 
 
+def check_path_encodable(path: str | os.PathLike[str]) -> None:
+    """Raise :class:`InputFileError` when ``path`` holds bytes that are not UTF-8.
+
+    Python keeps such bytes as lone surrogates; SimpleITK / ITK cannot take them and abort the whole process
+    (a C++ ``std::logic_error``), so every path is checked here before it reaches ITK. The message shows the
+    bad bytes as ``\\xNN``.
+    """
+    text = os.fspath(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            shown = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:
+            shown = text.encode("utf-8", "backslashreplace").decode("utf-8")
+        raise InputFileError(f"{shown}: the path holds bytes that are not UTF-8 (shown as \\xNN), which the image "
+                             "reader cannot open; rename the file or folder with UTF-8 characters") from None
+
+
 def is_volume_path(path: str | os.PathLike[str]) -> bool:
     """True for a file with a volume suffix or a folder (taken as a DICOM series)."""
     path = Path(path)
@@ -113,6 +133,8 @@ def _dicom_files_left_out(folder: Path, series_id: str, used: list[str]) -> None
 
 
 def _read_dicom_series(folder: Path) -> sitk.Image:
+    for entry in folder.iterdir():  # GDCM lists every file of the folder: no name may abort ITK
+        check_path_encodable(entry)
     reader = sitk.ImageSeriesReader()
     series = reader.GetGDCMSeriesIDs(str(folder))
     if not series:
@@ -217,15 +239,83 @@ def _check_nifti_complete(path: Path, reader: sitk.ImageFileReader) -> None:
                              "re-copy or re-export the file")
 
 
+_NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}  # NIfTI datatype code -> numpy type (no endianness)
+
+
+def _count_nifti_nonfinite(path: Path, reader: sitk.ImageFileReader) -> int:
+    """NaN and infinite values in the data block of a float NIfTI file, read from the file itself.
+
+    ITK's NIfTI reader turns them into 0 (a ``.mha`` or ``.nrrd`` keeps them), so they cannot be seen in the
+    image it returns. Only float data can hold them: 0 for any other datatype, and for a header ITK does not
+    describe. The byte order comes from the header's ``sizeof_hdr`` (348 or 540).
+    """
+    try:
+        datatype = int(reader.GetMetaData("datatype"))
+    except (RuntimeError, ValueError):
+        return 0
+    layout = _nifti_voxel_bytes(reader)
+    if datatype not in _NIFTI_FLOAT_TYPES or layout is None:
+        return 0
+    offset, remaining = layout
+    with open(path, "rb") as raw:
+        gzipped = raw.read(2) == b"\x1f\x8b"
+    with (gzip.open(path, "rb") if gzipped else open(path, "rb")) as f:
+        order = "<" if int.from_bytes(f.read(4), "little") in (348, 540) else ">"
+        dtype = np.dtype(order + _NIFTI_FLOAT_TYPES[datatype])
+        f.seek(offset)
+        chunk = (1 << 24) // dtype.itemsize * dtype.itemsize
+        bad, carry = 0, b""
+        while remaining > 0:
+            data = f.read(min(chunk, remaining))
+            if not data:
+                break
+            remaining -= len(data)
+            data = carry + data
+            usable = len(data) - len(data) % dtype.itemsize
+            values = np.frombuffer(data, dtype=dtype, count=usable // dtype.itemsize)
+            bad += int(values.size - np.count_nonzero(np.isfinite(values)))
+            carry = data[usable:]
+    return bad
+
+
+def _check_nifti_finite(path: Path, reader: sitk.ImageFileReader) -> None:
+    nonfinite = _count_nifti_nonfinite(path, reader)
+    if nonfinite:
+        raise InputFileError(f"{path}: contains {nonfinite} NaN or infinite voxels (a NIfTI reader reads them "
+                             "as 0); fix or mask them first")
+
+
+def check_nifti_finite(path: str | os.PathLike[str]) -> None:
+    """Raise :class:`InputFileError` when the NIfTI file ``path`` holds NaN or infinite voxels (as
+    :func:`read_volume` does), without reading the volume; other files and unreadable headers pass (reading
+    them reports those)."""
+    path = Path(path)
+    check_path_encodable(path)
+    if not path.is_file() or not path.name.lower().endswith((".nii", ".nii.gz")):
+        return
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+        _check_nifti_complete(path, reader)  # a truncated file is reported as such, not as a failed scan
+        _check_nifti_finite(path, reader)
+    except RuntimeError:
+        return
+    except (OSError, EOFError, zlib.error) as err:
+        raise InputFileError(f"{path}: cannot be read ({err}); re-copy or re-export the file") from None
+
+
 def read_volume(path: str | os.PathLike[str]) -> Volume:
     """Read a NIfTI / NRRD / MHA / MHD file or a DICOM series folder.
 
     Returns the voxel array in ``(Z, Y, X)`` order and the exact source geometry. 2D files are returned
     as a single-slice volume. Raises :class:`InputFileError` naming the file when it is missing, of an
-    unknown format, unreadable or truncated, and naming the folder when a DICOM series has unreadable
-    or unevenly spaced slices.
+    unknown format, unreadable or truncated, when its path is not UTF-8 (which would abort ITK), when a
+    NIfTI file holds NaN or infinite voxels (ITK's NIfTI reader would silently read them as 0), and naming
+    the folder when a DICOM series has unreadable or unevenly spaced slices.
     """
     path = Path(path)
+    check_path_encodable(path)
     if not path.exists():
         raise InputFileError(f"{path}: no such file or folder; check the path")
     try:
@@ -237,10 +327,13 @@ def read_volume(path: str | os.PathLike[str]) -> Volume:
             reader.ReadImageInformation()
             if path.name.lower().endswith((".nii", ".nii.gz")):
                 _check_nifti_complete(path, reader)
+                _check_nifti_finite(path, reader)
             image = reader.Execute()
     except RuntimeError as err:
         raise InputFileError(f"{path}: cannot be read as a medical image ({_itk_reason(err)}); "
                              "check the file is complete") from None
+    except (OSError, EOFError, zlib.error) as err:
+        raise InputFileError(f"{path}: cannot be read ({err}); re-copy or re-export the file") from None
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputFileError(f"{path}: has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
                              "samadapt reads scalar volumes only")
@@ -258,6 +351,7 @@ def write_volume(array: np.ndarray, geometry: Geometry, path: str | os.PathLike[
     The grid must match ``geometry.size`` (reversed); the written file carries the geometry exactly.
     """
     path = Path(path)
+    check_path_encodable(path)
     expected = tuple(reversed(geometry.size))
     if tuple(array.shape) != expected:
         raise GeometryMismatchError(

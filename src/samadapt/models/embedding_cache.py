@@ -11,6 +11,7 @@ Layout of a cache folder (by default ``<prepared.root>/embeddings/<signature[:16
     <case_id>.npy.partial        the same while a case is being computed (and its .features twin)
     cache.rank<r>.json           per-case progress of rank r while a torchrun job runs (folded into
                                  cache.json by rank 0; see :mod:`samadapt.models.cache_shards`)
+    .samadapt.lock               while a job runs: its lock, naming its pid, host and command
 
 ``S`` is the case's number of slices, ``C = spec.prompt_embed_dim``, ``g = spec.embedding_size`` and
 ``D = spec.encoder_embed_dim``. Features are the outputs of the encoder blocks
@@ -18,22 +19,34 @@ Layout of a cache folder (by default ``<prepared.root>/embeddings/<signature[:16
 captured with forward hooks and moved to channels-first.
 
 The **signature** is a sha256 over the image encoder's weights (tensor bytes in state-dict order) and
-architecture, the preprocessing (pixel mean/std, image size), the prepared dataset's hash and the
-features flag. A cache is used only with the model and data that produced it. Any mismatch raises
-:class:`~samadapt.errors.CacheError`; a cache is never reused silently.
+architecture, the preprocessing (pixel mean/std, image size), the prepared dataset's ``content_hash``
+(its cases' contents, the split left out: re-splitting with ``prepare --split-file`` or
+``--split-group`` keeps the cache) and the features flag. A cache is used only with the model and data
+that produced it. Any mismatch raises :class:`~samadapt.errors.CacheError`; a cache is never reused
+silently.
 
 Computation resumes within a case. Each batch is written into a ``.partial`` memmap, then the slice
 counter in ``cache.json`` advances (atomically). A run that stops continues after the last finished
 batch, and a finished case is renamed to its final name. Batches never cross case boundaries. With the
 same batch size, a resumed run therefore produces the same bytes as an uninterrupted one.
+
+One job per cache folder: the job (rank 0 of a ``torchrun`` job) holds the folder's lock
+(:mod:`samadapt.io.folder_lock`, ``.samadapt.lock``) while it runs, and a second one is refused naming the
+first. At its start the job removes the temporaries of killed atomic writes and checks that the disk has
+room for what is left; each ``.partial`` is then allocated in full before it is memory-mapped, so a full
+disk is a :class:`~samadapt.errors.StorageError` (one line on the command line), never a SIGBUS from a
+page of a sparse file that finds no space.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import io
 import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -41,8 +54,9 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from samadapt.errors import CacheError, ConfigError, DatasetError
-from samadapt.io.atomic import write_json_atomic
+from samadapt.errors import CacheError, ConfigError, DatasetError, StorageError, storage_error
+from samadapt.io.atomic import remove_stale_temporaries, write_json_atomic
+from samadapt.io.folder_lock import FolderLock, lock_folder
 from samadapt.models.cache_shards import assign_cases, fold_shard_progress, shard_progress_path
 from samadapt.models.encoder_features import capture_features
 from samadapt.models.preprocess import to_model_input
@@ -59,8 +73,9 @@ _ENCODER_FIELDS = (
 )
 
 Progress = Callable[[int, int], None]
-"""``progress(done_slices, total_slices)``: called once at the start and after every batch; never when
-there is nothing left to compute (a finished cache shows no progress at all)."""
+"""``progress(done_slices, total_slices)``: called once at the start (when the first case's files are
+allocated, so that a full disk is reported before any bar) and after every batch; never when there is
+nothing left to compute (a finished cache shows no progress at all)."""
 
 
 class PreparedLike(Protocol):
@@ -121,6 +136,20 @@ def cache_signature(
         "dtype": np.dtype(STORE_DTYPE).name,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def cache_signatures(
+    loaded: LoadedModel, prepared: PreparedLike, with_features: bool, digest: str | None = None
+) -> list[str]:
+    """The signatures a cache of ``loaded`` on ``prepared`` may carry, the current one first: keyed by the
+    dataset's ``content_hash`` (its cases without the split, so a re-split keeps the cache), then, for a
+    cache written before that existed, by its whole ``hash``."""
+    digest = digest or encoder_digest(loaded)
+    content = getattr(prepared, "content_hash", prepared.hash)
+    signatures = [cache_signature(loaded, content, with_features, digest)]
+    if content != prepared.hash:
+        signatures.append(cache_signature(loaded, prepared.hash, with_features, digest))
+    return signatures
 
 
 def default_cache_dir(prepared: PreparedLike, signature: str) -> Path:
@@ -290,17 +319,107 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return resolved
 
 
+def _npy_header(shape: tuple[int, ...]) -> bytes:
+    """The ``.npy`` header numpy writes for a C-ordered array of ``shape`` in the cache's dtype."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(STORE_DTYPE)), "fortran_order": False, "shape": tuple(shape)})
+    return buffer.getvalue()
+
+
+def npy_file_size(shape: tuple[int, ...]) -> int:
+    """Bytes of the ``.npy`` file (header + fp16 payload) that holds an array of ``shape``."""
+    return len(_npy_header(shape)) + int(np.prod(shape)) * np.dtype(STORE_DTYPE).itemsize
+
+
+def _allocate(fd: int, size: int) -> None:
+    """Give the open file ``size`` bytes of real disk blocks up front.
+
+    A sparse file would find the disk full only when a memory map first writes a page, and the process
+    would die by SIGBUS; allocated now, a full disk is an ``OSError`` (ENOSPC) before anything is written.
+    Without ``posix_fallocate`` (macOS) zeros are written past the file's end.
+    """
+    try:
+        os.posix_fallocate(fd, 0, size)
+        return
+    except AttributeError:
+        pass
+    except OSError as err:
+        if err.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise
+    zeros = bytes(1 << 20)
+    position = os.fstat(fd).st_size
+    while position < size:
+        position += os.pwrite(fd, zeros[: min(len(zeros), size - position)], position)
+
+
 def _open_partial(path: Path, shape: tuple[int, ...], resume: bool) -> np.memmap:
-    """Reopen a ``.partial`` memmap of ``shape`` for writing, or create it (fresh) when that fails."""
+    """Reopen a ``.partial`` memmap of ``shape`` for writing, or create it (fresh) when that fails.
+
+    Either way the file's disk space is allocated before it is mapped (see :func:`_allocate`); when that
+    fails, :class:`~samadapt.errors.StorageError` names the file, and a fresh file is removed again.
+    """
+    mm = None
     if resume and path.is_file():
         try:
             mm = np.lib.format.open_memmap(path, mode="r+")
-            if mm.shape == shape and mm.dtype == STORE_DTYPE:
-                return mm
-            del mm
         except (OSError, ValueError):
-            pass
-    return np.lib.format.open_memmap(path, mode="w+", dtype=STORE_DTYPE, shape=shape)
+            mm = None
+        if mm is not None and (mm.shape != shape or mm.dtype != STORE_DTYPE):
+            mm = None
+    fresh = mm is None
+    try:
+        fd = os.open(path, os.O_RDWR | (os.O_CREAT | os.O_TRUNC if fresh else 0), 0o666)
+        try:
+            header = _npy_header(shape) if fresh else b""
+            written = 0
+            while written < len(header):
+                written += os.write(fd, header[written:])
+            _allocate(fd, npy_file_size(shape))  # (a resumed partial of an older version gets its holes filled)
+        finally:
+            os.close(fd)
+    except BaseException as err:
+        if fresh:
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+        translated = storage_error(err, path, override=True)
+        if translated is None:
+            raise
+        raise translated from None
+    return mm if mm is not None else np.lib.format.open_memmap(path, mode="r+")
+
+
+def _bytes_to_allocate(root: Path, cases: dict, n_slices: dict[str, int], spec: ModelSpec,
+                       with_features: bool) -> int:
+    """Disk bytes the unfinished cases still need: their full files, less what their ``.partial`` files
+    already hold on disk."""
+    need = 0
+    for cid, S in n_slices.items():
+        if _case_is_finished(root, cid, cases.get(cid, {}), with_features):
+            continue
+        shapes = [(S, *embedding_shape(spec))] + ([(S, *feature_shape(spec))] if with_features else [])
+        for final, shape in zip(_final_paths(root, cid), shapes, strict=False):
+            partial = final.with_name(final.name + ".partial")
+            held = getattr(partial.stat(), "st_blocks", 0) * 512 if partial.is_file() else 0
+            need += max(0, npy_file_size(shape) - held)
+    return need
+
+
+def _size_text(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def _check_free_space(root: Path, need: int) -> None:
+    """Raise :class:`~samadapt.errors.StorageError` when ``root``'s disk has less than ``need`` bytes free."""
+    free = shutil.disk_usage(root).free
+    if need > free:
+        raise StorageError(
+            f"{root}: the embedding cache needs {_size_text(need)} more disk space but only {_size_text(free)} "
+            "is free there; free some space or put the cache on another disk (embed --out), then rerun"
+        )
 
 
 def _check_prepared(prepared: PreparedLike, spec: ModelSpec) -> None:
@@ -328,7 +447,7 @@ def _cache_info(root: Path, signature: str, prepared: PreparedLike, loaded: Load
         "format": CACHE_FORMAT, "signature": signature, "model": spec.name,
         "checkpoint": str(loaded.checkpoint) if loaded.checkpoint else None,
         "architecture": spec.architecture(), "prepared_root": str(prepared.root),
-        "prepared_hash": prepared.hash, "dtype": np.dtype(STORE_DTYPE).name,
+        "prepared_hash": getattr(prepared, "content_hash", prepared.hash), "dtype": np.dtype(STORE_DTYPE).name,
         "with_features": with_features,
         "embedding_shape": list(embedding_shape(spec)),
         "feature_shape": list(feature_shape(spec)) if with_features else None,
@@ -353,11 +472,13 @@ def _embed_case(
     device: torch.device,
     save: Callable[[], None],
     report: Callable[[], None],
+    begin: Callable[[], None] = lambda: None,
 ) -> None:
     """Embed one case into ``<case_id>.npy`` (and its features twin), continuing after ``state["done_slices"]``.
 
     ``state`` (the case's progress record) is updated in place; ``save()`` (which writes it) is called after
-    every batch and once the case's files carry their final names, ``report()`` after every batch.
+    every batch and once the case's files carry their final names, ``report()`` after every batch, and
+    ``begin()`` once the case's files are allocated, before its first batch.
     """
     spec = loaded.spec
     emb_final, feat_final = _final_paths(root, case_id)
@@ -375,6 +496,7 @@ def _embed_case(
         )
     emb_mm = _open_partial(emb_part, (S, *embedding_shape(spec)), resume)
     feat_mm = _open_partial(feat_part, (S, *feature_shape(spec)), resume) if with_features else None
+    begin()
     state.clear()
     state.update({"n_slices": S, "done_slices": start, "complete": False})
     valid_hw = prepared.meta(case_id).get("valid_hw")
@@ -421,8 +543,9 @@ def compute_embeddings(
         with_features: also store the multi-level block outputs (``(S, 3, D, g, g)`` per case).
         device: where the encoder runs (``"cpu"``, ``"cuda"``, ...).
         progress: ``progress(done_slices, total_slices)`` over the slices of the cases this rank owns (all
-            of them in one process), called at the start and after every batch; not at all when this rank
-            has nothing left to compute (a finished cache), so a caller's bar need not appear.
+            of them in one process), called at the start (see :data:`Progress`) and after every batch; not
+            at all when this rank has nothing left to compute (a finished cache), so a caller's bar need not
+            appear.
         ranks: the ``torchrun`` job this call is part of (:func:`samadapt.training.distributed.current`);
             every rank must call it alike. Cases are split over the ranks and merged into one cache, the
             same bytes as one process (see :mod:`samadapt.models.cache_shards`). Default: one process.
@@ -439,32 +562,74 @@ def compute_embeddings(
         raise ConfigError(f"batch size must be at least 1, got {batch_size}")
     device = resolve_device(device)
     _check_prepared(prepared, loaded.spec)
-    signature = cache_signature(loaded, prepared.hash, with_features)
+    signature, *legacy = cache_signatures(loaded, prepared, with_features)
     root = Path(out) if out is not None else default_cache_dir(prepared, signature)
+    for old in legacy:  # a cache made before content hashes, for this very split: go on with it
+        if out is None and not (root / CACHE_FILE).is_file() and (default_cache_dir(prepared, old)
+                                                                   / CACHE_FILE).is_file():
+            signature, root = old, default_cache_dir(prepared, old)
     info_path = root / CACHE_FILE
     case_ids = prepared.case_ids()
 
-    info, error = None, None
-    if ranks.is_main:  # the one reader-writer of cache.json; it folds what an earlier job's ranks left
-        try:
-            info = _cache_info(root, signature, prepared, loaded, with_features)
-            root.mkdir(parents=True, exist_ok=True)
-            folded = fold_shard_progress(root, info, case_ids)
-            if folded:
+    n_slices = {cid: int(prepared.images(cid).shape[0]) for cid in case_ids}
+    lock: FolderLock | None = None
+    created = ranks.is_main and not root.exists()
+    try:
+        info, error = None, None
+        if ranks.is_main:  # the one reader-writer of cache.json; it folds what an earlier job's ranks left
+            try:
+                root.mkdir(parents=True, exist_ok=True)
+                lock = lock_folder(root)  # no second job on this cache (one lock per job: rank 0 holds it)
+                remove_stale_temporaries(root)
+                info = _cache_info(root, signature, prepared, loaded, with_features)
+                folded = fold_shard_progress(root, info, case_ids)
+                if folded:
+                    write_json_atomic(info_path, info)
+                    for path in folded:
+                        path.unlink(missing_ok=True)
+                _check_free_space(root, _bytes_to_allocate(root, info["cases"], n_slices, loaded.spec,
+                                                           with_features))
+            except Exception as err:  # every rank must hear of it, or the others wait forever
+                error = err
+        ranks.raise_together(error)
+        info = ranks.broadcast(info)
+        _embed_owned(prepared, loaded, root, info, case_ids, n_slices, batch_size, with_features, device,
+                     progress, ranks)
+        error = None
+        if ranks.is_main and (ranks.world > 1 or not info_path.is_file()):
+            # merge the ranks' progress (or leave a valid empty cache for a dataset without cases)
+            try:
+                folded = fold_shard_progress(root, info, case_ids)
                 write_json_atomic(info_path, info)
                 for path in folded:
                     path.unlink(missing_ok=True)
-        except Exception as err:  # every rank must hear of it, or the others wait forever
-            error = err
-    ranks.raise_together(error)
-    info = ranks.broadcast(info)
+            except Exception as err:
+                error = err
+        ranks.raise_together(error)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+            lock = None
+        if created:  # a cache folder this call made goes again when the call wrote nothing into it
+            with contextlib.suppress(OSError):
+                root.rmdir()
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+    return EmbeddingCache(root)
+
+
+def _embed_owned(prepared: PreparedLike, loaded: LoadedModel, root: Path, info: dict, case_ids: list[str],
+                 n_slices: dict[str, int], batch_size: int, with_features: bool, device: torch.device,
+                 progress: Progress | None, ranks: Ranks) -> None:
+    """Embed this rank's share of the unfinished cases (progress into cache.json, or the rank's own file)."""
     cases: dict[str, dict] = info["cases"]
-    n_slices = {cid: int(prepared.images(cid).shape[0]) for cid in case_ids}
     if ranks.world == 1:  # one process: progress lives in cache.json itself
-        record, record_path = info, info_path
+        record, record_path = info, root / CACHE_FILE
     else:
-        record, record_path = {"signature": signature, "rank": ranks.rank, "cases": {}}, shard_progress_path(
-            root, ranks.rank)
+        record, record_path = {"signature": info["signature"], "rank": ranks.rank, "cases": {}}, (
+            shard_progress_path(root, ranks.rank))
 
     def remaining(cid: str) -> int:
         state = record["cases"].get(cid) or cases.get(cid, {})  # this rank's own progress first
@@ -485,29 +650,26 @@ def compute_embeddings(
     encoder = loaded.sam.image_encoder
     home = next(encoder.parameters()).device
     encoder.to(device)
+    started: list[bool] = []
+
+    def begin() -> None:  # the first report waits for the first case's files: a full disk then prints alone
+        if not started:
+            started.append(True)
+            report()
+
     error = None
     try:
-        if any(remaining(cid) for cid in owned):
-            report()
         for cid in owned:
             if remaining(cid) == 0:
                 continue
             state = dict(cases.get(cid, {}))
             record["cases"][cid] = state
-            _embed_case(prepared, loaded, root, cid, state, batch_size, with_features, device, save, report)
+            _embed_case(prepared, loaded, root, cid, state, batch_size, with_features, device, save, report, begin)
     except Exception as err:
         error = err
     finally:
         encoder.to(home)
     ranks.raise_together(error)
-    if ranks.is_main and (ranks.world > 1 or not info_path.is_file()):
-        # merge the ranks' progress (or leave a valid empty cache for a dataset without cases)
-        folded = fold_shard_progress(root, info, case_ids)
-        write_json_atomic(info_path, info)
-        for path in folded:
-            path.unlink(missing_ok=True)
-    ranks.barrier()
-    return EmbeddingCache(root)
 
 
 def open_cache(
@@ -526,9 +688,9 @@ def open_cache(
     """
     _check_prepared(prepared, loaded.spec)
     digest = encoder_digest(loaded)
-    accepted = [cache_signature(loaded, prepared.hash, with_features, digest)]
+    accepted = cache_signatures(loaded, prepared, with_features, digest)
     if not with_features:
-        accepted.append(cache_signature(loaded, prepared.hash, True, digest))
+        accepted += cache_signatures(loaded, prepared, True, digest)
     if root is None:
         folders = [default_cache_dir(prepared, sig) for sig in accepted]
         found = [f for f in folders if (f / CACHE_FILE).is_file()]

@@ -16,9 +16,10 @@ zero. Its features, all detached from SAM (the head never changes SAM's weights)
   bilinearly: what the image looks like there.
 
 Body: conv3x3 (-> ``hidden``, 16) + GELU, conv3x3 with dilation 2 + GELU, conv1x1 -> 1; about 5k parameters
-for ``tiny``. A fresh head trained at the decoder's fine-tuning rate barely moves in a short run, so its
-weights learn ``lr_gain`` (10) times faster (:class:`_ScaledConv2d`), inside the shared engine's one
-optimiser.
+for ``tiny``. The first convolution is linear, so its response to the image channels, the same for every
+mask and round of a slice, is computed once per slice (:meth:`ErrorHead.image_features`). A fresh head
+trained at the decoder's fine-tuning rate barely moves in a short run, so its weights learn ``lr_gain`` (10)
+times faster (:class:`_ScaledConv2d`), inside the shared engine's one optimiser.
 
 **Training target** (in :mod:`samadapt.training.phpg`): the true error of the thresholded mask in the
 model-input frame, ``(upscaled logits > 0) xor truth``; loss: binary cross-entropy per pixel.
@@ -67,6 +68,12 @@ class _ScaledConv2d(nn.Conv2d):
         return self._conv_forward(x, self.weight * self.gain, self.bias * self.gain)
 
 
+def _to_frame(low_res: torch.Tensor, size: int) -> torch.Tensor:
+    """``Nx4gx4g`` -> ``NxSxS`` bilinear (:func:`upscale_logits`); the tensor itself where the grid already is
+    the frame (LiteMedSAM: 256 = 256), as the resampling would be an exact copy."""
+    return low_res if low_res.shape[-2:] == (size, size) else upscale_logits(low_res, size)
+
+
 class ErrorHead(nn.Module):
     """Per-pixel error logits of N masks from their decoder outputs (see the module docstring).
 
@@ -98,8 +105,24 @@ class ErrorHead(nn.Module):
         return {"embed_dim": self.embed_dim, "hidden": self.hidden, "embedding_channels": self.embedding_channels,
                 "lr_gain": self.lr_gain}
 
+    def image_features(self, embedding: torch.Tensor, grid: int) -> torch.Tensor:
+        """``1 x hidden x grid x grid``: the first body layer's response to the image part of the features (the
+        embedding ``1xCxgxg`` reduced, upsampled to the low-res grid, convolved with that layer's image
+        channels, plus its bias). It depends on the slice only: compute it once and pass it as ``image`` to
+        every :meth:`forward` on that slice (PHPG's rounds).
+
+        The first layer is linear, so its output on ``[image, per-mask features]`` is the sum of its outputs
+        on each part (zero padding included): the image part, the same for every mask and round, is convolved
+        once instead of once per mask and round, and its gradient flows through one image, not N."""
+        first = self.body[0]
+        reduced = F.interpolate(self.reduce(embedding.detach().float()), (grid, grid), mode="bilinear",
+                                align_corners=False)
+        weight = first.weight[:, : self.embedding_channels] * first.gain
+        return F.conv2d(reduced, weight, first.bias * first.gain, padding=first.padding, dilation=first.dilation)
+
     def forward(
-        self, low_res_logits: torch.Tensor, iou_pred: torch.Tensor, embedding: torch.Tensor, image_size: int
+        self, low_res_logits: torch.Tensor, iou_pred: torch.Tensor, embedding: torch.Tensor, image_size: int,
+        image: torch.Tensor | None = None, upscaled_logits: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Error logits ``NxSxS`` in the model-input frame.
 
@@ -107,20 +130,31 @@ class ErrorHead(nn.Module):
             low_res_logits: ``Nx4gx4g`` (or ``Nx1x4gx4g``) current mask logits.
             iou_pred: ``N`` predicted IoU of those masks.
             embedding: ``1xCxgxg`` image embedding of the slice.
-            image_size: side ``S`` of the model-input frame.
+            image_size: side ``S`` of the frame of the output (the model-input frame).
+            image: :meth:`image_features` of ``embedding`` on the low-res grid, if already computed (the same
+                for every round on one slice); None computes it here.
+            upscaled_logits: ``NxSxS`` the same logits already upscaled to ``S`` (bilinear), if the caller has
+                them; None upscales here.
         """
         logits = low_res_logits.detach().float()
         logits = logits if logits.dim() == 4 else logits[:, None]
         n, _, h, w = logits.shape
-        image = F.interpolate(self.reduce(embedding.detach().float()), (h, w), mode="bilinear", align_corners=False)
+        if image is None:
+            image = self.image_features(embedding, h)
         iou_plane = iou_pred.detach().float().reshape(n, 1, 1, 1).expand(n, 1, h, w)
         probability = logits.sigmoid()
         doubt = 1 - (2 * probability - 1).abs()  # 1 on the decoder's decision boundary, 0 where it is sure
-        features = torch.cat([image.expand(n, -1, -1, -1), logits.clamp(-20, 20) / 10, probability, doubt, iou_plane],
-                             dim=1)
-        residual = upscale_logits(self.body(features)[:, 0], image_size)
+        per_mask = torch.cat([logits.clamp(-20, 20) / 10, probability, doubt, iou_plane], dim=1)
+        # channels-last: oneDNN's CPU convolutions run faster on it; the values are the same up to rounding
+        per_mask = per_mask.contiguous(memory_format=torch.channels_last)
+        first = self.body[0]
+        weight = first.weight[:, self.embedding_channels :] * first.gain
+        hidden = image + F.conv2d(per_mask, weight, None, padding=first.padding, dilation=first.dilation)
+        residual = _to_frame(self.body[1:](hidden)[:, 0], image_size)
         offset, slope = self.boundary * self.lr_gain
-        distance = upscale_logits(logits[:, 0], image_size).clamp(-20, 20).abs()
+        if upscaled_logits is None:
+            upscaled_logits = _to_frame(logits[:, 0], image_size)
+        distance = upscaled_logits.detach().float().clamp(-20, 20).abs()
         return residual + offset - slope * distance
 
 

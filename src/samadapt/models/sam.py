@@ -216,7 +216,9 @@ def resolve_checkpoint(model: str, download: bool = True) -> tuple[ModelSpec | N
 def read_state_dict(path: Path, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """Load a SAM-format state dict with ``weights_only=True``; unwraps ``{"model": ...}`` wrappers."""
     try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # random bytes can make torch warn (pickle protocol) before it fails
+            warnings.simplefilter("ignore")
+            data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for corrupt or pickled-object files
         raise CheckpointError(
             f"{path}: not a loadable weights-only checkpoint ({type(err).__name__}); pass a SAM state dict "

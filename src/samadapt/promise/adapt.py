@@ -65,6 +65,7 @@ class AdaptResult:
     wall_s: float = 0.0
     seconds_per_epoch: float = 0.0
     trainable_parameters: int = 0
+    stopped_early: bool = False  # ``patience`` ended the run before ``steps``
 
 
 def adapter_classes(config: PromiseConfig, prepared: PreparedDataset) -> list[str]:
@@ -247,4 +248,5 @@ def adapt(
     best = run_dir / BEST_ADAPTER_FILE
     return AdaptResult(path, best if best.is_file() else None, result.steps,
                        result.best_score if val else None, result.best_step if val else None, result.curve,
-                       result.wall_s, result.wall_s / max(result.steps, 1) * steps_per_epoch, n_params)
+                       result.wall_s, result.wall_s / max(result.steps, 1) * steps_per_epoch, n_params,
+                       result.stopped_early)

@@ -13,7 +13,7 @@ import torch
 
 from samadapt.prompts.boxes import jitter_boxes_sam
 
-BOX_NOISE_STYLES = ("medsam", "sam", "none")
+BOX_NOISE_STYLES = ("mixed", "medsam", "sam", "none")
 
 
 @dataclass(frozen=True)
@@ -21,11 +21,14 @@ class BoxNoise:
     """A box perturbation (see ``FinetuneConfig`` for the meaning of each field).
 
     ``medsam``: each side moves *outward* by U(0, shift) pixels (MedSAM's 0-20 px at 1024). ``sam``: each
-    coordinate gets N(0, ``sam_std`` x side) noise, capped at the shift (SAM's 10% std, 20 px at 1024).
+    coordinate gets N(0, ``sam_std`` x side) noise, capped at the shift (SAM's 10% std, 20 px at 1024), so
+    boxes also shrink and cut the object. ``mixed`` (the default): each box draws one of the two with
+    probability 1/2, so training sees loose boxes and boxes that cut the object, as users draw them (issue
+    21: models trained on outward shifts alone lost more Dice to two-way box jitter than the zero-shot model).
     The shift is ``organ_shift_px`` or ``lesion_shift_px``, capped at ``max_fraction`` x the box side.
     """
 
-    style: str = "medsam"
+    style: str = "mixed"
     organ_shift_px: float = 5.0
     lesion_shift_px: float = 2.0
     max_fraction: float = 0.25
@@ -49,9 +52,26 @@ class BoxNoise:
             return boxes
         limit = self.shift_limits(boxes, is_lesion)
         if self.style == "medsam":
-            outward = torch.rand(boxes.shape, generator=generator) * limit
-            moved = boxes + outward * torch.tensor([-1.0, -1.0, 1.0, 1.0])
-            return moved.clamp(0, image_size - 1)
+            return self._outward(boxes, limit, generator, image_size)
+        if self.style == "sam":
+            return self._two_way(boxes, is_lesion, limit, generator, image_size)
+        outward = self._outward(boxes, limit, generator, image_size)
+        two_way = self._two_way(boxes, is_lesion, limit, generator, image_size)
+        pick_outward = torch.rand(boxes.shape[0], generator=generator) < 0.5
+        return torch.where(pick_outward[:, None], outward, two_way)
+
+    @staticmethod
+    def _outward(boxes: torch.Tensor, limit: torch.Tensor, generator: torch.Generator, image_size: int) -> torch.Tensor:
+        """MedSAM's noise: every side moves outward by U(0, ``limit``) (``limit``: ``Nx1`` px)."""
+        outward = torch.rand(boxes.shape, generator=generator) * limit
+        moved = boxes + outward * torch.tensor([-1.0, -1.0, 1.0, 1.0])
+        return moved.clamp(0, image_size - 1)
+
+    def _two_way(
+        self, boxes: torch.Tensor, is_lesion: torch.Tensor, limit: torch.Tensor, generator: torch.Generator,
+        image_size: int,
+    ) -> torch.Tensor:
+        """SAM's noise: every coordinate moves by N(0, ``sam_std`` x side), capped per box at ``limit``."""
         noisy = torch.empty_like(boxes)
         for rows in (is_lesion, ~is_lesion):  # SAM's noise, capped per box at its own limit
             if rows.any():

@@ -178,7 +178,7 @@ class VolumeSession:
         self._use(window, index)
         t0 = time.perf_counter()
         embedded_now = not self.segmenter.is_embedded(index)
-        self.segmenter.embedding(index)
+        self.segmenter.prepare_decoder(index)  # the embedding, and the onnx decoder's per-slice terms
         return {"slice": index, "embedded_now": embedded_now, "server_ms": 1000 * (time.perf_counter() - t0)}
 
     def _preview(self, index: int, mask: np.ndarray, score: float, t0: float, embedded_now: bool,

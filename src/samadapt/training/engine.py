@@ -15,6 +15,10 @@ engine owns the rest:
   same weights as an uninterrupted one (a checkpoint holds the whole state at a step boundary, so where
   it falls does not change the result).
 - ``validate()`` every ``eval_every`` steps and at the end; the best score triggers ``save_best``.
+  Early stopping: with ``patience`` > 0 the run ends after ``patience`` validations in a row without a
+  gain (a score above the last gain by more than ``min_delta``), validations within the warm-up not
+  counted; the best step is kept either way. What stops it is a function of the checkpointed curve, so a
+  resumed run stops alike.
 - ``<run>/metrics.jsonl`` (one record per step, validation records carry ``val_*`` keys) and TensorBoard
   events under ``<run>/tensorboard``.
 - Under ``torchrun`` (:mod:`samadapt.training.distributed`): gradients and step statistics are summed over
@@ -27,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -35,8 +40,8 @@ from typing import Protocol
 
 import torch
 
-from samadapt.errors import ConfigError
-from samadapt.io.atomic import atomic_path
+from samadapt.errors import CheckpointError, ConfigError
+from samadapt.io.atomic import atomic_path, remove_stale_temporaries
 from samadapt.training.distributed import current
 
 STATE_FILE = "state.pt"
@@ -59,6 +64,8 @@ class EngineSettings:
     checkpoint_every: int = 50
     checkpoint_seconds: float = 60.0  # also checkpoint once this long has passed since the last one (0: off)
     eval_every: int = 50
+    patience: int = 0  # stop after this many validations in a row without a better score (0: never)
+    min_delta: float = 0.0  # what "better" means for patience: above the last gain by more than this
 
     @classmethod
     def from_config(cls, config: object) -> EngineSettings:
@@ -71,7 +78,8 @@ class EngineSettings:
 class TrainingResult:
     """What a finished run reports: steps done, best validation score and step, the validation curve, and
     how many of the steps this call ran (0 when the folder held a finished run). ``wall_s`` counts the
-    training time of every call up to the last checkpoint, plus this call's."""
+    training time of every call up to the last checkpoint, plus this call's. ``stopped_early``: the run
+    ended by ``patience`` before its planned length."""
 
     steps: int
     best_score: float
@@ -79,6 +87,7 @@ class TrainingResult:
     curve: list[tuple[int, float]] = field(default_factory=list)
     wall_s: float = 0.0
     steps_run: int = 0
+    stopped_early: bool = False
 
 
 class Schedule(Protocol):
@@ -94,6 +103,17 @@ class Schedule(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
 
+def validations_without_gain(curve: list[tuple[int, float]], min_delta: float = 0.0, after: int = 0) -> int:
+    """How many validations of ``curve`` (``(step, score)`` in step order) came after the last gain, a score
+    above every earlier gain by more than ``min_delta``, not counting those at steps <= ``after`` (the
+    warm-up: scores there say little about where the run is going). NaN scores are never a gain."""
+    reference, last_gain = -math.inf, 0
+    for at, score in curve:
+        if score > reference + min_delta:  # -inf + min_delta is -inf: the first real score is a gain
+            reference, last_gain = score, at
+    return sum(1 for at, _ in curve if at > max(last_gain, after))
+
+
 def lr_factor(settings: EngineSettings, step: int, progress: float | None = None) -> float:
     """Multiplier of ``lr`` at ``step`` (0-based): linear warm-up over ``warmup_steps``, then cosine to
     ``min_lr_fraction`` over the rest of the run (``progress`` in [0, 1]; by default from the step count)."""
@@ -103,6 +123,27 @@ def lr_factor(settings: EngineSettings, step: int, progress: float | None = None
         progress = (step - settings.warmup_steps) / max(1, settings.steps - settings.warmup_steps)
     floor = settings.min_lr_fraction
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+_STATE_KEYS = ("parameters", "optimizer", "generators", "step", "best_score", "best_step", "curve", "train_s")
+
+
+def load_state(path: Path) -> dict:
+    """Read the checkpoint ``path`` (``weights_only``, on the CPU); :class:`CheckpointError` when it is
+    truncated or corrupt (one line, no torch warning): there is no earlier checkpoint to fall back on."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        what = None if isinstance(state, dict) and all(key in state for key in _STATE_KEYS) else "entries missing"
+    except Exception as err:  # torch raises several types for a cut or damaged file
+        what = type(err).__name__
+    if what is not None:
+        raise CheckpointError(
+            f"{path}: checkpoint is truncated or corrupt ({what}) and there is no earlier one; start the run "
+            "again without --resume into a new folder"
+        )
+    return state
 
 
 def truncate_metrics(path: Path, step: int) -> None:
@@ -164,21 +205,29 @@ def run_training(
     ranks = current()
     if ranks.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(run_dir)  # of atomic writes a killed run left (e.g. a 0-byte .state.pt.*.tmp.pt)
     parameters = list(named_parameters.values())
     optimizer = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
 
     def progress(at: int) -> float | None:
         return schedule.progress(at) if schedule is not None else None
 
-    def finished(at: int) -> bool:
+    def planned_end(at: int) -> bool:
         return at >= settings.steps or (schedule is not None and schedule.finished(at))
+
+    def early_stop() -> bool:
+        stale = validations_without_gain(curve, settings.min_delta, settings.warmup_steps)
+        return settings.patience > 0 and stale >= settings.patience
+
+    def finished(at: int) -> bool:
+        return planned_end(at) or early_stop()
 
     autocast, scaler = _autocast(device, settings.amp)
     generator = torch.Generator().manual_seed(settings.seed + ranks.rank)  # each rank its own prompt draws
     step, best_score, best_step, curve, earlier_s = 0, -math.inf, 0, [], 0.0
     state_path, metrics_path = run_dir / STATE_FILE, run_dir / METRICS_FILE
     if state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        state = load_state(state_path)
         if len(state["generators"]) != ranks.world:  # each rank continues its own prompt-noise stream
             raise ConfigError(f"{state_path}: the run was checkpointed with {len(state['generators'])} process(es); "
                               f"resume it with as many (torchrun --nproc_per_node ...), not {ranks.world}")
@@ -283,4 +332,5 @@ def run_training(
         if writer is not None:
             writer.close()
     wall_s = earlier_s + time.time() - started if step > first_step else earlier_s
-    return TrainingResult(step, best_score, best_step, curve, wall_s, step - first_step)
+    return TrainingResult(step, best_score, best_step, curve, wall_s, step - first_step,
+                          stopped_early=early_stop() and not planned_end(step))

@@ -5,7 +5,8 @@ engine's ``state.pt`` / ``metrics.jsonl`` / ``tensorboard/`` (see :mod:`samadapt
 ``best.pth`` (the step of best validation Dice) and, at the end, ``last.pth`` (the last step) and
 ``model.pth``: the *selected* model, by default the best one (``select_model``), which is what ``eval``,
 ``segment`` and a run folder resolve to. Its sidecar's ``selection`` says which step it is, by which rule
-and with which validation Dice, and ``training.wall_s`` the run's wall time. All are plain
+and with which validation Dice, whether ``patience`` stopped the run early (``stopped_early``), and
+``training.wall_s`` the run's wall time. All are plain
 SAM state dicts with a JSON sidecar (base model, data, config, steps, validation Dice), loadable by
 ``samadapt.models.sam.load_sam`` and by ``segment_anything`` for SAM's own architectures. The image
 encoder is not trained, so fine-tuned models share the base model's embedding cache.
@@ -13,6 +14,7 @@ encoder is not trained, so fine-tuned models share the base model's embedding ca
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from copy import deepcopy
@@ -25,10 +27,11 @@ import torch
 
 from samadapt.config import FinetuneConfig, config_to_dict, load_config, save_config
 from samadapt.data.prepared import PreparedDataset
-from samadapt.errors import ConfigError
+from samadapt.errors import ConfigError, SamadaptError
 from samadapt.evaluation.box_protocol import predict_with_boxes
 from samadapt.evaluation.metrics import dice
-from samadapt.io.atomic import write_json_atomic
+from samadapt.io.atomic import is_temporary, write_json_atomic
+from samadapt.io.folder_lock import LOCK_FILE
 from samadapt.models.embedding_cache import EmbeddingCache, LiveEmbeddings, ensure_cache, resolve_device
 from samadapt.models.error_head import ERROR_HEAD_FILE, save_error_head
 from samadapt.models.lora import LoRALinear, add_lora, merge_lora
@@ -36,7 +39,7 @@ from samadapt.models.preprocess import to_model_input
 from samadapt.models.sam import LoadedModel, load_sam, save_sam
 from samadapt.prompts.box_noise import BoxNoise
 from samadapt.training.distributed import setup
-from samadapt.training.engine import EngineSettings, run_training
+from samadapt.training.engine import METRICS_FILE, STATE_FILE, EngineSettings, run_training
 from samadapt.training.multi_prompt import MultiPromptObjective
 from samadapt.training.phpg import PHPGObjective, phpg_objective_from_config
 from samadapt.training.pruning import EpochPlanner, PruningSettings
@@ -150,20 +153,64 @@ def encode_with_grad(
     return loaded.sam.image_encoder(to_model_input(images, loaded.spec, valid_hw).to(device))
 
 
-def prepare_run_folder(run_dir: Path, config: RunConfig, resume: bool) -> RunConfig:
-    """Check the run folder against ``resume`` and save the config; returns the config to run with.
+# what a run leaves before its first checkpoint (no state.pt): a folder holding only these starts afresh
+_STEPLESS = frozenset({CONFIG_FILE, METRICS_FILE, "tensorboard", "best.pth", "best.json", "best_adapter.pt",
+                       "best_adapter.json", "pruning.json", LOCK_FILE})
 
-    A new run needs an empty (or absent) folder. ``resume`` continues the folder's run with its saved
-    config (read back as the class of ``config``: any run's config dataclass, e.g. ``PromiseConfig``);
-    settings given again must agree with it.
+
+def _check_run_inputs(config: RunConfig) -> None:
+    """Raise the error the run of ``config`` would meet at its start: the data not prepared (or changed since),
+    a model that does not load or does not fit the data's frame, a device that is not here, classes the
+    data lacks (ProMISe). Loads the model once on the CPU."""
+    if not config.data:
+        raise ConfigError("setting data: give the prepared dataset folder (samadapt train|adapt PREPARED)")
+    prepared = PreparedDataset(config.data)
+    resolve_device(config.device)
+    size = load_sam(config.model, device="cpu").spec.image_size
+    if size != prepared.image_size:
+        raise ConfigError(f"{prepared.root}: prepared at {prepared.image_size} px but model '{config.model}' takes "
+                          f"{size} px; prepare with --image-size {size}")
+    if hasattr(config, "has_apm"):  # a ProMISe run: its classes must be the data's
+        from samadapt.promise.adapt import adapter_classes
+
+        adapter_classes(config, prepared)
+
+
+def prepare_run_folder(run_dir: Path, config: RunConfig, resume: bool) -> RunConfig:
+    """Check the run folder against ``resume`` and the run's inputs, then save the config; returns the config
+    to run with.
+
+    Nothing is written unless the inputs check out (prepared data, model, device; see
+    :func:`_check_run_inputs`). A new run needs an empty (or absent) folder, or one whose run never saved
+    a step (no ``state.pt``, only what such a run leaves: config, metrics, TensorBoard events, best model):
+    that is cleared and the run starts afresh. ``resume`` continues the folder's run with its saved config
+    (read back as the class of ``config``: any run's config dataclass, e.g. ``PromiseConfig``); settings
+    given again must agree with it.
     """
     saved = run_dir / CONFIG_FILE
     if resume:
         if not saved.is_file():
             raise ConfigError(f"{run_dir}: nothing to resume (no {CONFIG_FILE}); start the run without --resume")
-        return load_config(type(config), saved)
-    if run_dir.exists() and any(run_dir.iterdir()):
+        config = load_config(type(config), saved)
+        try:
+            _check_run_inputs(config)
+        except SamadaptError as err:
+            if (run_dir / STATE_FILE).is_file():
+                raise
+            raise type(err)(f"{err} (the run in {run_dir} saved no step yet: run it without --resume to start "
+                            "afresh, with the setting fixed)") from None
+        return config
+    entries = list(run_dir.iterdir()) if run_dir.exists() else []
+    if any(entry.name not in _STEPLESS and not is_temporary(entry.name) for entry in entries):
         raise ConfigError(f"{run_dir}: folder is not empty; pass --resume to continue its run, or use a new folder")
+    _check_run_inputs(config)
+    for entry in entries:  # a run that never saved a step: start afresh
+        if entry.name == LOCK_FILE:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, saved)
     return config
@@ -281,7 +328,7 @@ def finetune(
     selected = {"rule": config.select_model if use_best or config.select_model == "last" else "last (no validation)",
                 "step": result.best_step if use_best else result.steps,
                 "val_dice": result.best_score if use_best else final_val,
-                "last_step": result.steps, "last_val_dice": final_val}
+                "last_step": result.steps, "last_val_dice": final_val, "stopped_early": result.stopped_early}
     if ranks.is_main and (result.steps_run or not model_path.is_file()):  # a finished run's model stays
         last_info = info(result.steps, final_val)
         last_info["training"]["wall_s"] = round(result.wall_s, 1)

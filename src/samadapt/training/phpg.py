@@ -30,11 +30,19 @@ from the one of highest predicted IoU; every other round and prompt uses the sin
 :meth:`~samadapt.training.multi_prompt.MultiPromptObjective.slice_losses`, so CBDP (``pruning=class``)
 scores PHPG's regions unchanged (a region's score then includes what it still teaches the error head).
 
-**Cost.** A step decodes ``1 + correction_rounds + mask_only_rounds`` passes per slice. The default of
-``samadapt train`` is 2 corrections + 1 mask-only round (4 passes) to stay affordable on a CPU; SAM's and
-the issue's 8 + 2 are ``--set phpg_correction_rounds=8 --set phpg_mask_only_rounds=2``. ``regions_per_pass``
-(0: all) splits the regions into several passes: the "one region per pass" baseline of
+**Cost.** A step decodes ``1 + correction_rounds + mask_only_rounds`` passes per slice, where multi-prompt
+training decodes one: its time is about that many multi-prompt steps, plus the error head and the simulated
+users. The default of ``samadapt train`` is 2 corrections + 1 mask-only round (4 passes) to stay affordable on
+a CPU; SAM's and the issue's 8 + 2 are ``--set phpg_correction_rounds=8 --set phpg_mask_only_rounds=2``.
+``regions_per_pass`` (0: all) splits the regions into several passes: the "one region per pass" baseline of
 ``benchmarks/bench_phpg.py``.
+
+**Memory.** The loss spans every round, so autograd keeps every pass's activations until the backward pass:
+``passes x regions`` times what one multi-prompt prompt keeps (about 115 MB per region and pass for a 64x64
+embedding: LiteMedSAM, SAM; about 5 MB for ``tiny``). ``recompute_passes`` (``phpg_recompute_passes``) keeps
+only each pass's inputs and outputs and recomputes its activations in the backward pass (activation
+checkpointing of the decoder pass and of the error head): the same gradients for one more forward per pass.
+The previous round's logits enter the next round detached (SAM), so no graph spans two rounds.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ from dataclasses import dataclass, field
 
 import torch
 from segment_anything.modeling import Sam
+from torch.utils.checkpoint import checkpoint
 
 from samadapt.inference.decode import upscale_logits
 from samadapt.inference.region_decode import decode_regions, pick_outputs
@@ -76,6 +85,7 @@ class PHPGObjective:
     guidance_mix: float = 0.5
     error_weight: float = 1.0
     regions_per_pass: int = 0
+    recompute_passes: bool = False
 
     @property
     def _multi_prompt(self) -> MultiPromptObjective:
@@ -97,6 +107,30 @@ class PHPGObjective:
                                            masks.repeat_interleave(k, dim=0), masks.shape[-1])
         return multi.per_prompt_loss(logits, iou_pred.reshape(n * k, 1).float(), targets).reshape(n, k)
 
+    def _round_loss(self, low_res: torch.Tensor, iou_pred: torch.Tensor, masks: torch.Tensor,
+                    ambiguous: torch.Tensor) -> torch.Tensor:
+        """``N`` losses of one round from the decoder's four outputs ``Nx4x4gx4g`` / ``Nx4``: the single-mask
+        output where the prompt is well specified, the minimum over SAM's three ambiguity outputs where it is
+        ambiguous (``N`` bool). Only the outputs a region uses are scored."""
+        if not bool(ambiguous.any()):
+            return self._mask_loss(low_res[:, :1], iou_pred[:, :1], masks)[:, 0]
+        if bool(ambiguous.all()):
+            return self._mask_loss(low_res[:, 1:], iou_pred[:, 1:], masks).min(dim=1).values
+        single, multi = (~ambiguous).nonzero()[:, 0], ambiguous.nonzero()[:, 0]
+        losses = torch.cat([
+            self._mask_loss(low_res[single, :1], iou_pred[single, :1], masks[single])[:, 0],
+            self._mask_loss(low_res[multi, 1:], iou_pred[multi, 1:], masks[multi]).min(dim=1).values,
+        ])
+        return losses[torch.cat([single, multi]).argsort()]
+
+    def _recomputed(self, function, *args, **kwargs):
+        """``function(*args, **kwargs)``; with ``recompute_passes`` its activations are not kept for the
+        backward pass but recomputed there (activation checkpointing): the same gradients for one more forward,
+        and a step keeps about one pass's activations instead of every round's."""
+        if self.recompute_passes and torch.is_grad_enabled():
+            return checkpoint(function, *args, use_reentrant=False, **kwargs)
+        return function(*args, **kwargs)
+
     def _rounds(self, sam: Sam, embedding: torch.Tensor, masks: torch.Tensor, slice_masks: torch.Tensor,
                 generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         """Per-region losses ``N`` of the whole interactive sequence for regions ``masks`` (``NxSxS``)."""
@@ -109,24 +143,22 @@ class PHPGObjective:
         kinds = ["first", *InteractiveRecipe(self.correction_rounds, self.mask_only_rounds).schedule(generator)]
         prompt_s += time.perf_counter() - t0
         previous = None
+        image = None  # the error head's response to the embedding: the same in every round, computed once
+        never = torch.zeros(len(prompts), dtype=torch.bool, device=device)
         seg_losses, head_losses, ious = [], [], []
         for r in range(len(kinds)):
-            low_res, iou_pred = decode_regions(sam, embedding, prompts.to(device), previous)
-            ambiguous = prompts.ambiguous.to(device) if r == 0 else torch.zeros(len(prompts), dtype=torch.bool,
-                                                                                device=device)
-            outputs = slice(0, 4) if bool(ambiguous.any()) else slice(0, 1)
-            per_output = self._mask_loss(low_res[:, outputs], iou_pred[:, outputs], truth)  # NxK
-            if outputs.stop == 4:
-                per_region = torch.where(ambiguous, per_output[:, 1:].min(dim=1).values, per_output[:, 0])
-            else:
-                per_region = per_output[:, 0]
-            seg_losses.append(per_region)
+            low_res, iou_pred = self._recomputed(decode_regions, sam, embedding, prompts.to(device), previous)
+            ambiguous = prompts.ambiguous.to(device) if r == 0 else never
+            seg_losses.append(self._round_loss(low_res, iou_pred, truth, ambiguous))
             chosen, chosen_iou, _ = pick_outputs(low_res, iou_pred, ambiguous)
             logits = upscale_logits(chosen.detach().float(), image_size)
             ious.append(float(mask_iou(logits, truth).mean()))
             error_logits = None
             if self.error_head is not None:
-                error_logits = self.error_head(chosen, chosen_iou, embedding, image_size)
+                if image is None:
+                    image = self.error_head.image_features(embedding, chosen.shape[-1])
+                error_logits = self._recomputed(self.error_head, chosen, chosen_iou, embedding, image_size,
+                                                image=image, upscaled_logits=logits)
                 head_losses.append(error_head_loss(error_logits, true_error(logits, truth)))
             if r == len(kinds) - 1:
                 break
@@ -198,4 +230,5 @@ def phpg_objective_from_config(config, embed_dim: int) -> PHPGObjective:
         config.prompting, config.max_prompts_per_slice, first_mixture(config.phpg_first_weights),
         correction_mixture(config.phpg_correction_weights), config.phpg_correction_rounds,
         config.phpg_mask_only_rounds, config.loss, config.iou_weight, config.prompt_reduction,
-        config.loss_size, head, config.phpg_guidance_mix, config.phpg_error_weight)
+        config.loss_size, head, config.phpg_guidance_mix, config.phpg_error_weight,
+        recompute_passes=config.phpg_recompute_passes)
