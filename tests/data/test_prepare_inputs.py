@@ -22,6 +22,7 @@ from samadapt.data.prepare import prepare_dataset
 from samadapt.data.prepared import PreparedDataset
 from samadapt.errors import ConfigError, DatasetError
 from samadapt.io.volume import Geometry, write_volume
+from support import one_line_error
 
 REAL_DICOM = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "real" / "ct_liver_dicom"
 SMALL = PrepareConfig(image_size=64, keep_empty_ratio=0.5)
@@ -64,17 +65,6 @@ def _prepare(*args: str):
     return CliRunner().invoke(app, ["prepare", *args, "--image-size", "64"])
 
 
-def _one_line_error(result, *words: str) -> str:
-    """The single stderr line of a failed command; it must name every one of ``words``."""
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("samadapt: error: "), result.stderr
-    assert "Traceback" not in result.output
-    for word in words:
-        assert word in lines[0], (word, lines[0])
-    return lines[0]
-
-
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_nnunet(tmp_path_factory.mktemp("raw") / "Dataset001", n_cases=3)
@@ -101,7 +91,7 @@ def test_nonfinite_nifti_image_is_refused_in_one_line(tmp_path: Path, ending: st
 
     raw = make_nnunet(tmp_path / "raw", n_cases=2, modify=modify, ending=ending)
     out = tmp_path / "out"
-    line = _one_line_error(_prepare(str(raw), str(out)), f"case0_0000{ending}", "NaN or infinite", "fix or mask")
+    line = one_line_error(_prepare(str(raw), str(out)), f"case0_0000{ending}", "NaN or infinite", "fix or mask")
     assert "1 NaN" in line
     assert not out.exists()
 
@@ -121,18 +111,18 @@ def test_a_folder_that_is_not_a_prepared_dataset_is_left_alone(raw: Path, tmp_pa
     (out / "manifest.json").write_text('{"my": "own manifest"}\n')
     (out / "notes.txt").write_text("keep me\n")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    _one_line_error(_prepare(str(raw), str(out)), str(out), "not a samadapt prepared dataset", "new or empty folder")
+    one_line_error(_prepare(str(raw), str(out)), str(out), "not a samadapt prepared dataset", "new or empty folder")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing deleted, nothing added
     file_out = tmp_path / "file"
     file_out.write_text("x")
-    _one_line_error(_prepare(str(raw), str(file_out)), str(file_out), "is a file")
+    one_line_error(_prepare(str(raw), str(file_out)), str(file_out), "is a file")
     assert file_out.read_text() == "x"
 
 
 def test_a_prepared_dataset_of_another_source_is_refused(raw: Path, prepared: Path, tmp_path: Path):
     other = make_nnunet(tmp_path / "other", n_cases=2)
     manifest = (prepared / "manifest.json").read_bytes()
-    _one_line_error(_prepare(str(other), str(prepared)), str(prepared), str(raw.resolve()), "choose a new folder")
+    one_line_error(_prepare(str(other), str(prepared)), str(prepared), str(raw.resolve()), "choose a new folder")
     assert (prepared / "manifest.json").read_bytes() == manifest
     PreparedDataset(prepared)
 
@@ -192,7 +182,7 @@ def test_damaged_shards_are_refused_on_open_and_rebuilt_by_prepare(raw: Path, pr
     assert "\n" not in message and words in message and "rerun `samadapt prepare`" in message
     assert str(out / "cases" / "case1") in message
     result = CliRunner().invoke(app, ["embed", str(out), "--model", "tiny"])  # any command that opens it
-    _one_line_error(result, "case1", words, "rerun `samadapt prepare`")
+    one_line_error(result, "case1", words, "rerun `samadapt prepare`")
     assert not (out / "embeddings").exists()
     rebuilt = prepare_dataset(raw, out, SMALL)  # what the message says to do: the damaged case is redone
     assert rebuilt.hash == PreparedDataset(prepared).hash
@@ -307,7 +297,7 @@ def test_dicom_series_folders_are_volume_cases(tmp_path: Path):
 def test_dicom_series_folder_needs_its_channel_suffix(tmp_path: Path):
     raw = make_nnunet(tmp_path / "raw", n_cases=1)
     (raw / "imagesTr" / "series").mkdir()
-    _one_line_error(_prepare(str(raw), str(tmp_path / "out")), "imagesTr/series", "DICOM series folders",
+    one_line_error(_prepare(str(raw), str(tmp_path / "out")), "imagesTr/series", "DICOM series folders",
                     "<case>_0000")
 
 

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from samadapt.cli import app
 from samadapt.data.phantoms import generate_phantom
 from samadapt.io.volume import write_volume
+from support import one_line_error
 
 SIZE, SPACING = (8, 40, 40), (10.0, 10.0, 24.0)
 
@@ -37,16 +38,6 @@ def run(micro_run):
     return lambda *args: CliRunner().invoke(app, ["segment", *args, "--model", str(micro_run)])
 
 
-def _one_line_error(result, *words: str) -> str:
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("samadapt: error: "), result.stderr
-    assert "Traceback" not in result.output
-    for word in words:
-        assert word in lines[0], (word, lines[0])
-    return lines[0]
-
-
 @pytest.mark.parametrize("name", ["alpha.json", "alpha.nii.gz"])
 def test_files_segment_did_not_write_are_never_replaced(case, run, tmp_path: Path, name: str):
     volume, prompts = case
@@ -55,7 +46,7 @@ def test_files_segment_did_not_write_are_never_replaced(case, run, tmp_path: Pat
     foreign = out / name
     content = b'{"my": "notes"}\n' if name.endswith(".json") else b"my own label volume"
     foreign.write_bytes(content)
-    _one_line_error(run(str(volume), "--boxes", str(prompts), "--out", str(out)), str(foreign),
+    one_line_error(run(str(volume), "--boxes", str(prompts), "--out", str(out)), str(foreign),
                     "move it away or choose another --out")
     assert [p.name for p in out.iterdir()] == [name] and foreign.read_bytes() == content
 
@@ -82,7 +73,7 @@ def test_a_file_as_out_is_refused(case, run, tmp_path: Path):
     volume, prompts = case
     out = tmp_path / "out.txt"
     out.write_text("x")
-    _one_line_error(run(str(volume), "--boxes", str(prompts), "--out", str(out)), str(out), "is a file")
+    one_line_error(run(str(volume), "--boxes", str(prompts), "--out", str(out)), str(out), "is a file")
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
@@ -93,7 +84,7 @@ def test_nonfinite_nifti_input_is_refused(case, run, tmp_path: Path, bad: float)
     image[4, 20, 20] = bad
     source = write_volume(image, phantom.geometry, tmp_path / "alpha.nii")
     out = tmp_path / "out"
-    _one_line_error(run(str(source), "--boxes", str(prompts), "--out", str(out)), str(source),
+    one_line_error(run(str(source), "--boxes", str(prompts), "--out", str(out)), str(source),
                     "1 NaN or infinite voxels", "fix or mask")
     assert not out.exists()
 

@@ -12,19 +12,19 @@ import textwrap
 from collections import namedtuple
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
 
 import samadapt.models.embedding_cache as embedding_cache
 from samadapt.cli import app
-from samadapt.data.prepared import PreparedDataset, dataset_hash, write_case, write_manifest
+from samadapt.data.prepared import PreparedDataset
 from samadapt.errors import FolderInUseError, StorageError
 from samadapt.io.folder_lock import LOCK_FILE, folder_lock
 from samadapt.models.embedding_cache import EmbeddingCache, compute_embeddings, embedding_shape, npy_file_size
 from samadapt.models.registry import REGISTRY
 from samadapt.models.sam import LoadedModel, build_sam, save_sam
+from support import synthetic_prepared
 
 SPEC = REGISTRY["test_micro"]  # 64 px input, 4x4 grid, C = 32: 1 kB of fp16 per slice
 SLICES = {"c0": 5, "c1": 3}
@@ -32,22 +32,8 @@ SLICES = {"c0": 5, "c1": 3}
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> PreparedDataset:
-    root = tmp_path_factory.mktemp("prepared")
-    rng = np.random.default_rng(0)
-    params = {"image_size": SPEC.image_size, "test": "cache_storage"}
-    rows = []
-    for cid, n in SLICES.items():
-        images = rng.integers(0, 256, size=(n, SPEC.image_size, SPEC.image_size), dtype=np.uint8)
-        labels = np.zeros(images.shape, dtype=np.uint16)
-        write_case(root, cid, images, labels, [], {"valid_hw": [SPEC.image_size] * 2, "params": params})
-        rows.append({"case_id": cid, "split": "train", "n_slices": n, "n_objects": 0})
-    write_manifest(root, {
-        "format_version": 1, "source": {"root": "synthetic", "layout": "nnunet", "name": "test"},
-        "params": params, "image_size": SPEC.image_size,
-        "classes": [{"name": "organ", "values": [1], "index": 1}], "cases": rows, "split_seed": 0,
-        "hash": dataset_hash(root, params, rows), "skipped": [],
-    })
-    return PreparedDataset(root)
+    cases = {cid: (n, (SPEC.image_size, SPEC.image_size), False) for cid, n in SLICES.items()}
+    return synthetic_prepared(tmp_path_factory.mktemp("prepared"), SPEC.image_size, cases, 0, "cache_storage")
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from samadapt.cli import app
-from samadapt.data.prepared import PreparedDataset, dataset_hash, write_case, write_manifest
+from samadapt.data.prepared import PreparedDataset
 from samadapt.errors import CacheError, ConfigError
 from samadapt.models.embedding_cache import (
     EmbeddingCache,
@@ -22,6 +22,7 @@ from samadapt.models.embedding_cache import (
 from samadapt.models.preprocess import to_model_input
 from samadapt.models.registry import REGISTRY
 from samadapt.models.sam import LoadedModel, build_sam, load_sam, save_sam
+from support import synthetic_prepared
 
 SPEC = REGISTRY["test_micro"]  # 64 px input, 4x4 grid, C = D = 32, 2 blocks
 # case id -> (slices, valid (h, w), RGB?)
@@ -29,23 +30,7 @@ CASES = {"c0": (5, (48, 64), False), "c1": (3, (64, 40), True)}
 
 
 def _prepared(root: Path, seed: int = 0) -> PreparedDataset:
-    rng = np.random.default_rng(seed)
-    params = {"image_size": SPEC.image_size, "test": "embedding_cache"}
-    rows = []
-    for cid, (n, (h, w), rgb) in CASES.items():
-        shape = (n, SPEC.image_size, SPEC.image_size) + ((3,) if rgb else ())
-        images = np.zeros(shape, dtype=np.uint8)
-        images[:, :h, :w] = rng.integers(0, 256, size=(n, h, w) + ((3,) if rgb else ()), dtype=np.uint8)
-        labels = np.zeros((n, SPEC.image_size, SPEC.image_size), dtype=np.uint16)
-        write_case(root, cid, images, labels, [], {"valid_hw": [h, w], "params": params})
-        rows.append({"case_id": cid, "split": "train", "n_slices": n, "n_objects": 0})
-    write_manifest(root, {
-        "format_version": 1, "source": {"root": "synthetic", "layout": "nnunet", "name": "test"},
-        "params": params, "image_size": SPEC.image_size,
-        "classes": [{"name": "organ", "values": [1], "index": 1}], "cases": rows, "split_seed": 0,
-        "hash": dataset_hash(root, params, rows), "skipped": [],
-    })
-    return PreparedDataset(root)
+    return synthetic_prepared(root, SPEC.image_size, CASES, seed, "embedding_cache")
 
 
 def _model(seed: int = 0) -> LoadedModel:

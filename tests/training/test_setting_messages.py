@@ -13,13 +13,7 @@ from samadapt.cli import app
 from samadapt.errors import CheckpointError, ConfigError
 from samadapt.inference.segment_cases import segment_settings
 from samadapt.models.sam import load_sam
-
-
-def _line(result) -> str:
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("samadapt: error: "), lines
-    return lines[0]
+from support import one_line_error
 
 
 @pytest.mark.parametrize("command", ["train", "adapt"])
@@ -27,7 +21,7 @@ def test_a_bad_setting_of_a_config_file_names_the_file(micro_prepared, tmp_path,
     config = tmp_path / "settings.yaml"
     config.write_text("steps: 0\nlr: 1e-4\n")
     out = tmp_path / "run"
-    line = _line(CliRunner().invoke(app, [command, str(micro_prepared.root), "--out", str(out),
+    line = one_line_error(CliRunner().invoke(app, [command, str(micro_prepared.root), "--out", str(out),
                                           "--config", str(config)]))
     assert line.startswith(f"samadapt: error: {config}: {command} setting steps=0: use an integer >= 1"), line
     assert not out.exists()
@@ -36,11 +30,11 @@ def test_a_bad_setting_of_a_config_file_names_the_file(micro_prepared, tmp_path,
 def test_prepare_and_pretrain_name_their_config_file_too(tmp_path):
     config = tmp_path / "settings.yaml"
     config.write_text("image_size: 3\n")
-    line = _line(CliRunner().invoke(app, ["prepare", str(tmp_path / "raw"), str(tmp_path / "out"),
+    line = one_line_error(CliRunner().invoke(app, ["prepare", str(tmp_path / "raw"), str(tmp_path / "out"),
                                           "--config", str(config)]))
     assert line.startswith(f"samadapt: error: {config}: "), line
     config.write_text("steps: 0\n")
-    line = _line(CliRunner().invoke(app, ["pretrain", str(tmp_path / "pre"), "--config", str(config)]))
+    line = one_line_error(CliRunner().invoke(app, ["pretrain", str(tmp_path / "pre"), "--config", str(config)]))
     assert line.startswith(f"samadapt: error: {config}: "), line
     assert not (tmp_path / "out").exists() and not (tmp_path / "pre").exists()
 
@@ -48,7 +42,7 @@ def test_prepare_and_pretrain_name_their_config_file_too(tmp_path):
 def test_a_bad_set_over_a_good_config_file_does_not_blame_the_file(micro_prepared, tmp_path):
     config = tmp_path / "settings.yaml"
     config.write_text("steps: 3\n")
-    line = _line(CliRunner().invoke(app, ["train", str(micro_prepared.root), "--out", str(tmp_path / "run"),
+    line = one_line_error(CliRunner().invoke(app, ["train", str(micro_prepared.root), "--out", str(tmp_path / "run"),
                                           "--config", str(config), "--set", "steps=0"]))
     assert line == "samadapt: error: train setting steps=0: use an integer >= 1"
 
@@ -62,10 +56,10 @@ def test_a_word_where_a_number_belongs_is_one_plain_message(key, value):
     assert str(caught.value) == f"{group} setting {name}={value!r}: must be a number"
 
 
-def test_segment_set_min_area_abc_is_one_line(tmp_path):
+def test_segment_set_min_area_abc_is_oneone_line_error(tmp_path):
     prompts = tmp_path / "prompts.json"
     prompts.write_text("{}")
-    line = _line(CliRunner().invoke(app, ["segment", str(tmp_path), "--out", str(tmp_path / "o"), "--model",
+    line = one_line_error(CliRunner().invoke(app, ["segment", str(tmp_path), "--out", str(tmp_path / "o"), "--model",
                                           "test_micro", "--boxes", str(prompts),
                                           "--set", "propagation.min_area=abc"]))
     assert line == "samadapt: error: propagation setting min_area='abc': must be a number"

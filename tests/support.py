@@ -1,0 +1,49 @@
+"""Helpers several test modules share (importable as ``support``: pyproject's pytest ``pythonpath``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from samadapt.data.prepared import PreparedDataset, dataset_hash, write_case, write_manifest
+
+
+def one_line_error(result, *words: str) -> str:
+    """The single stderr line of a CLI call that failed as a user error (exit 2, ``samadapt: error: ...``, no
+    traceback); it must name every one of ``words``."""
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("samadapt: error: "), result.stderr
+    assert "Traceback" not in result.output
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
+
+
+def synthetic_prepared(
+    root: Path, image_size: int, cases: dict[str, tuple[int, tuple[int, int], bool]], seed: int, tag: str
+) -> PreparedDataset:
+    """A prepared dataset of random pixels and no objects, written the way ``prepare`` writes one.
+
+    Args:
+        cases: case id -> (slices, valid (h, w) at the top left of the ``image_size`` frame, RGB?).
+        tag: goes into the params, so datasets of different tests hash differently.
+    """
+    rng = np.random.default_rng(seed)
+    params = {"image_size": image_size, "test": tag}
+    rows = []
+    for cid, (n, (h, w), rgb) in cases.items():
+        channels = (3,) if rgb else ()
+        images = np.zeros((n, image_size, image_size) + channels, dtype=np.uint8)
+        images[:, :h, :w] = rng.integers(0, 256, size=(n, h, w) + channels, dtype=np.uint8)
+        labels = np.zeros((n, image_size, image_size), dtype=np.uint16)
+        write_case(root, cid, images, labels, [], {"valid_hw": [h, w], "params": params})
+        rows.append({"case_id": cid, "split": "train", "n_slices": n, "n_objects": 0})
+    write_manifest(root, {
+        "format_version": 1, "source": {"root": "synthetic", "layout": "nnunet", "name": "test"},
+        "params": params, "image_size": image_size,
+        "classes": [{"name": "organ", "values": [1], "index": 1}], "cases": rows, "split_seed": 0,
+        "hash": dataset_hash(root, params, rows), "skipped": [],
+    })
+    return PreparedDataset(root)
