@@ -43,7 +43,6 @@ from bench_foundation import machine  # noqa: E402
 from bench_serve import ORGANS, _phantom, click_latency  # noqa: E402
 from perf.machine_bound import matmul_flops_per_s  # noqa: E402
 from perf.timing import median_seconds, sig  # noqa: E402
-from samadapt.evaluation.metrics import dice  # noqa: E402
 from samadapt.inference.onnx_decoding import OnnxDecoding  # noqa: E402
 from samadapt.inference.segmenter import Segmenter  # noqa: E402
 from samadapt.io.atomic import write_json_atomic  # noqa: E402
@@ -52,6 +51,7 @@ from samadapt.models.embedding_cache import bytes_per_slice  # noqa: E402
 from samadapt.models.onnx_encoder import use_encoder_runtime  # noqa: E402
 from samadapt.models.preprocess import to_model_input  # noqa: E402
 from samadapt.models.sam import LoadedModel, load_sam  # noqa: E402
+from samadapt.overlap import dice  # noqa: E402
 from samadapt.serve.encoding import run_lengths  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "encoder_runtime.json"

@@ -40,7 +40,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_foundation import machine  # noqa: E402
 from samadapt.data.phantoms import generate_phantom  # noqa: E402
-from samadapt.evaluation.metrics import dice  # noqa: E402
 from samadapt.inference.model_source import load_model  # noqa: E402
 from samadapt.inference.propagation import PropagationSettings, propagate  # noqa: E402
 from samadapt.inference.segmenter import Segmenter  # noqa: E402
@@ -50,6 +49,7 @@ from samadapt.io.atomic import write_json_atomic  # noqa: E402
 from samadapt.io.volume import Volume, write_volume  # noqa: E402
 from samadapt.models.registry import REGISTRY  # noqa: E402
 from samadapt.models.sam import LoadedModel, build_sam  # noqa: E402
+from samadapt.overlap import dice  # noqa: E402
 from samadapt.prompts.boxes import boxes_from_masks  # noqa: E402
 from samadapt.serve.app import create_app  # noqa: E402
 from samadapt.serve.background import BackgroundServer  # noqa: E402

@@ -104,7 +104,7 @@ def converted(data: Path, annotators: list[int], work: Path) -> tuple[Path, dict
 def split_facts(prepared: PreparedDataset) -> dict:
     """Patients and slices per split, patients cut across splits, and test slices whose patient has slices in
     train (the leak), from the prepared manifest."""
-    split_of = {c["case_id"]: c["split"] for c in prepared.manifest["cases"]}
+    split_of = {cid: prepared.split_of(cid) for cid in prepared.case_ids()}
     where: dict[str, set[str]] = {}
     for cid, split in split_of.items():
         where.setdefault(patient_of(cid), set()).add(split)

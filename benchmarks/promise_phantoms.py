@@ -8,7 +8,7 @@ multimask output's first mask (the paper's), and ``samadapt train`` (multi-promp
 prompted reference).
 ``samadapt eval --prompts auto`` then scores, on the test cases, every (slice, class) pair automatically
 (with false positives on slices without the class) and every object with box and 8 + 8 point prompts
-(docs/promise.md, ``samadapt.evaluation.auto_protocol``). Writes the report under ``<work>/report`` and the
+(docs/promise.md, ``samadapt.promise.auto_protocol``). Writes the report under ``<work>/report`` and the
 table to ``benchmarks/results/promise_phantoms.json``. SAM's weights are checked unchanged (sha256).
 
     python benchmarks/promise_phantoms.py                 # ~20 CPU-minutes (six ProMISe runs + a reference)
@@ -27,10 +27,9 @@ from bench_foundation import machine  # noqa: E402
 from phantom_workbench import embedded_phantoms, phantom_arguments  # noqa: E402
 from promise_runs import adapted, issue_table, print_table  # noqa: E402
 from samadapt.config import FinetuneConfig, PromiseConfig, config_to_dict  # noqa: E402
-from samadapt.evaluation.auto_protocol import evaluate_automatic  # noqa: E402
 from samadapt.io.atomic import write_json_atomic  # noqa: E402
-from samadapt.models.sam import load_sam  # noqa: E402
-from samadapt.promise.adapter import sam_digest  # noqa: E402
+from samadapt.models.sam import load_sam, sam_digest  # noqa: E402
+from samadapt.promise.auto_protocol import evaluate_automatic  # noqa: E402
 from samadapt.training.finetune import finetune, prepare_run_folder  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "promise_phantoms.json"

@@ -31,8 +31,8 @@ from promise_runs import adapted  # noqa: E402
 from samadapt.config import PrepareConfig, PromiseConfig  # noqa: E402
 from samadapt.data.prepare import prepare_dataset  # noqa: E402
 from samadapt.data.prepared import PreparedDataset, dataset_hash, write_manifest  # noqa: E402
-from samadapt.evaluation.auto_protocol import evaluate_automatic  # noqa: E402
 from samadapt.io.atomic import write_json_atomic  # noqa: E402
+from samadapt.promise.auto_protocol import evaluate_automatic  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "data" / "real" / "ct_slices_png"

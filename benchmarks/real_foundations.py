@@ -61,12 +61,12 @@ from promise_runs import adapted, issue_table, run_folder_for  # noqa: E402
 from samadapt.config import FinetuneConfig, PrepareConfig, PromiseConfig  # noqa: E402
 from samadapt.data.prepare import assign_splits, prepare_dataset  # noqa: E402
 from samadapt.data.prepared import PreparedDataset, dataset_hash, write_manifest  # noqa: E402
-from samadapt.evaluation.auto_protocol import evaluate_automatic  # noqa: E402
 from samadapt.evaluation.model_comparison import BOX_FILL, evaluate_models, model_labels  # noqa: E402
 from samadapt.io.atomic import write_json_atomic  # noqa: E402
 from samadapt.models.embedding_cache import compute_embeddings  # noqa: E402
 from samadapt.models.onnx_encoder import use_encoder_runtime  # noqa: E402
 from samadapt.models.sam import load_sam  # noqa: E402
+from samadapt.promise.auto_protocol import evaluate_automatic  # noqa: E402
 from samadapt.training.finetune import finetune  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

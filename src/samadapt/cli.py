@@ -92,10 +92,10 @@ def embed_command(
     from tqdm import tqdm
 
     from samadapt.data.prepared import PreparedDataset
-    from samadapt.models.embedding_cache import compute_embeddings, resolve_device
+    from samadapt.models.embedding_cache import compute_embeddings
     from samadapt.models.onnx_encoder import use_encoder_runtime
     from samadapt.models.sam import load_sam
-    from samadapt.training.distributed import setup
+    from samadapt.runtime import resolve_device, setup
 
     dataset = PreparedDataset(prepared)
     loaded = load_sam(model, device="cpu")
@@ -273,7 +273,7 @@ def _start_run(out: Path, settings: Any, resume: bool) -> Any:
     import contextlib
 
     from samadapt.io.folder_lock import lock_folder
-    from samadapt.training.distributed import setup
+    from samadapt.runtime import setup
     from samadapt.training.finetune import prepare_run_folder
 
     ranks, _ = setup(settings.device)
@@ -308,7 +308,7 @@ class _RunBars:
     def _bar(self, name: str, total: int, unit: str):
         from tqdm import tqdm
 
-        from samadapt.training.distributed import current
+        from samadapt.runtime import current
 
         if name not in self.bars:
             self.bars[name] = tqdm(total=total, unit=unit, desc=name, dynamic_ncols=True,
@@ -503,7 +503,7 @@ def eval_command(
     if prompts == "box" and adapter:
         raise ConfigError("--adapter needs --prompts auto (ProMISe adapters segment without prompts)")
     if prompts == "auto":
-        from samadapt.evaluation.auto_protocol import evaluate_automatic
+        from samadapt.promise.auto_protocol import evaluate_automatic
 
         summary = evaluate_automatic(prepared, adapter or [], out, references=model or [], split=split,
                                      device=device, seed=seed, bars=bars, max_slices=sample_size, workers=workers)

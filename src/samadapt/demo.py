@@ -42,13 +42,14 @@ from samadapt.evaluation.box_protocol import (
 )
 from samadapt.evaluation.overlays import save_overlays
 from samadapt.evaluation.report import MethodResult, write_report
-from samadapt.models.embedding_cache import compute_embeddings, encode_slices, open_cache, resolve_device
+from samadapt.models.embedding_cache import compute_embeddings, encode_slices, open_cache
 from samadapt.models.onnx_encoder import use_encoder_runtime
 from samadapt.models.sam import LoadedModel, load_sam
 from samadapt.progress import BarFactory, as_progress, bar_on_demand, no_bars
 from samadapt.promise import load_adapter
 from samadapt.promise.adapt import adapt
 from samadapt.promise.predict import predict_automatic_split
+from samadapt.runtime import resolve_device
 from samadapt.training.engine import STATE_FILE
 from samadapt.training.finetune import CONFIG_FILE, finetune, prepare_run_folder, validation_dice
 from samadapt.training.multi_prompt import MultiPromptObjective

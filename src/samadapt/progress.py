@@ -1,8 +1,9 @@
 """Progress reporting handed from the CLI into library code (the library itself never prints).
 
+Long library functions report through one callback signature, :data:`Progress`: ``progress(done, total)``.
 A :data:`BarFactory` makes one progress bar per stage: ``(description, total)`` -> a context manager whose
 value has ``update(n)`` (tqdm fits). :func:`no_bars` is the silent default; :func:`as_progress` adapts a
-bar to the ``progress(done, total)`` callbacks of long library functions; :func:`bar_on_demand` opens the
+bar to a :data:`Progress` callback; :func:`bar_on_demand` opens the
 bar only when such a function reports work, so a phase with nothing to do (a finished embedding cache)
 shows no bar at all.
 
@@ -18,6 +19,11 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager, nullco
 
 BarFactory = Callable[[str, int | None], AbstractContextManager]
 
+Progress = Callable[[int, int], None]
+"""``progress(done, total)``: ``done`` of ``total`` units (slices, cases) are finished; called as work finishes,
+``done`` never decreasing (work read back from an earlier run counts at once). The library's one progress
+callback signature."""
+
 
 class _SilentBar:
     total: int | None = None
@@ -31,7 +37,7 @@ def no_bars(desc: str, total: int | None) -> AbstractContextManager:
     return nullcontext(_SilentBar())
 
 
-def as_progress(bar) -> Callable[[int, int], None]:
+def as_progress(bar) -> Progress:
     """Adapt ``bar`` (with ``update`` and optionally ``total``) to ``progress(done, total)`` callbacks."""
     state = {"done": 0}
 
@@ -45,11 +51,11 @@ def as_progress(bar) -> Callable[[int, int], None]:
 
 
 @contextmanager
-def bar_on_demand(bars: BarFactory, desc: str) -> Iterator[Callable[[int, int], None]]:
+def bar_on_demand(bars: BarFactory, desc: str) -> Iterator[Progress]:
     """A ``progress(done, total)`` callback whose bar ``bars(desc, total)`` opens at the first call and
     closes when the ``with`` block ends; never called, it shows nothing."""
     with ExitStack() as stack:
-        opened: list[Callable[[int, int], None]] = []
+        opened: list[Progress] = []
 
         def progress(done: int, total: int) -> None:
             if not opened:

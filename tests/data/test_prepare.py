@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from samadapt.cli import app
 from samadapt.config import PrepareConfig, load_config
-from samadapt.data.prepare import assign_splits, orient_slice, prepare_dataset, put_slice, slice_flips, take_slice
+from samadapt.data.orientation import orient_slice, put_slice, slice_flips, take_slice
+from samadapt.data.prepare import assign_splits, prepare_dataset
 from samadapt.data.prepared import PreparedDataset, SliceObject
 from samadapt.errors import ConfigError, DatasetError, GeometryMismatchError, InputFileError
 from samadapt.io.volume import Geometry, write_volume

@@ -172,9 +172,11 @@ def test_worker_processes_score_the_same_rows(tmp_path, phantom_prepared, micro_
     alone = interactive_rows(loaded.sam, phantom_prepared, cache, "test", settings, slices=sample)
     store = SliceStore(tmp_path, "interactive", {"test": 1})
     done = []
-    two = interactive_rows(loaded.sam, phantom_prepared, cache, "test", settings, done.append, slices=sample,
-                           store=store, workers=2)
-    assert two == alone and sum(done) == 4 and set(store.done) == {(c, s) for c, s, _ in sample}
+    two = interactive_rows(loaded.sam, phantom_prepared, cache, "test", settings,
+                           lambda finished, total: done.append((finished, total)), slices=sample, store=store,
+                           workers=2)
+    assert two == alone and done == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert set(store.done) == {(c, s) for c, s, _ in sample}
 
 
 # ----------------------------------------------------------------------------- the command line

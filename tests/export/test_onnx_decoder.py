@@ -21,8 +21,8 @@ from samadapt.export.onnx_decoder import (
 )
 from samadapt.inference.decode import decode, upscale_logits
 from samadapt.models.registry import REGISTRY
-from samadapt.models.sam import build_sam, load_sam, save_sam
-from samadapt.promise.adapter import AdapterSpec, PromiseAdapter, sam_digest, save_adapter
+from samadapt.models.sam import build_sam, load_sam, sam_digest, save_sam
+from samadapt.promise.adapter import AdapterSpec, PromiseAdapter, save_adapter
 
 pytest.importorskip("onnxruntime")
 TOLERANCE = 1e-3  # fp32 kernels differ between torch and onnxruntime; logits reach tens

@@ -20,8 +20,8 @@ from samadapt.export.split_decoder import (
     export_prompt_part,
 )
 from samadapt.models.registry import REGISTRY
-from samadapt.models.sam import LoadedModel, build_sam, load_sam
-from samadapt.promise.adapter import AdapterSpec, PromiseAdapter, sam_digest
+from samadapt.models.sam import LoadedModel, build_sam, load_sam, sam_digest
+from samadapt.promise.adapter import AdapterSpec, PromiseAdapter
 
 TOLERANCE = 1e-3  # float32, another summation order; logits reach tens
 

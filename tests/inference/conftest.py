@@ -87,8 +87,8 @@ def voxel_box():
 
 def _write_adapter_run(root: Path, checkpoint: Path, loaded, has_apm: bool) -> Path:
     """An untrained ProMISe adapter (classes liver, spleen) of ``loaded`` in ``root``, its IPS shift non-zero."""
+    from samadapt.models.sam import sam_digest
     from samadapt.promise import AdapterSpec, PromiseAdapter, save_adapter
-    from samadapt.promise.adapter import sam_digest
 
     spec = loaded.spec
     with torch.random.fork_rng(devices=[]):

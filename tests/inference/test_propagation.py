@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from samadapt.errors import ConfigError, PromptError
-from samadapt.evaluation.metrics import dice
 from samadapt.inference.propagation import PropagationSettings, box_with_margin, propagate
 from samadapt.inference.segmenter import Segmenter
 from samadapt.io.volume import Geometry, Volume
+from samadapt.overlap import dice
 from samadapt.prompts.boxes import boxes_from_masks
 
 DISK_SLICES = range(3, 9)

@@ -12,10 +12,9 @@ from typer.testing import CliRunner
 
 from samadapt.cli import app
 from samadapt.config import PromiseConfig
-from samadapt.models.sam import load_sam
+from samadapt.models.sam import load_sam, sam_digest
 from samadapt.promise import load_adapter
 from samadapt.promise.adapt import adapt
-from samadapt.promise.adapter import sam_digest
 from samadapt.training.finetune import prepare_run_folder
 
 

@@ -11,9 +11,8 @@ import torch
 
 from samadapt.errors import CheckpointError
 from samadapt.models.registry import REGISTRY
-from samadapt.models.sam import build_sam, load_sam, save_sam
+from samadapt.models.sam import build_sam, load_sam, sam_digest, save_sam
 from samadapt.promise import AdapterSpec, PromiseAdapter, check_base_model, load_adapter, load_base_model, save_adapter
-from samadapt.promise.adapter import sam_digest
 
 SPEC = REGISTRY["test_micro"]
 

@@ -13,13 +13,13 @@ import pytest
 from typer.testing import CliRunner
 
 from samadapt.cli import app
-from samadapt.evaluation.auto_protocol import CENTRE, GT_BOXES, PRIOR, evaluate_automatic
 from samadapt.evaluation.box_protocol import predict_with_boxes
-from samadapt.evaluation.metrics import dice
 from samadapt.evaluation.model_comparison import model_label
 from samadapt.models.embedding_cache import open_cache
 from samadapt.models.sam import load_sam
+from samadapt.overlap import dice
 from samadapt.promise.adapt import adapt
+from samadapt.promise.auto_protocol import CENTRE, GT_BOXES, PRIOR, evaluate_automatic
 from samadapt.training.finetune import prepare_run_folder
 
 
@@ -131,8 +131,8 @@ def test_cli_writes_the_report(tmp_path, promise_prepared, adapter_run):
 
 
 def test_an_interrupted_automatic_eval_resumes_on_its_sample(tmp_path, monkeypatch, promise_prepared, adapter_run):
-    from samadapt.evaluation import auto_protocol
     from samadapt.evaluation.slice_store import SLICES_DIR
+    from samadapt.promise import auto_protocol
 
     real = auto_protocol._promptable
     calls: list[tuple[str, int]] = []

@@ -205,9 +205,8 @@ def test_automatic_mode_previews_the_adapters_mask_and_points(data_dir, tmp_path
     import torch
 
     from samadapt.models.registry import REGISTRY
-    from samadapt.models.sam import build_sam, load_sam, save_sam
+    from samadapt.models.sam import build_sam, load_sam, sam_digest, save_sam
     from samadapt.promise import AdapterSpec, PromiseAdapter
-    from samadapt.promise.adapter import sam_digest
 
     spec = REGISTRY["test_micro"]
     with torch.random.fork_rng(devices=[]):

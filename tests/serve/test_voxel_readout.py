@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk  # noqa: N813
 from fastapi.testclient import TestClient
 
-from samadapt.data.prepare import AXES, slice_flips, take_slice
+from samadapt.data.orientation import AXES, slice_flips, take_slice
 from samadapt.data.windowing import parse_window
 from samadapt.inference.volume_slices import VolumeSlices
 from samadapt.io.volume import Geometry, Volume, read_volume, write_volume

@@ -11,7 +11,7 @@ import torch
 
 from samadapt.config import FinetuneConfig
 from samadapt.models.sam import read_state_dict
-from samadapt.training.distributed import Ranks
+from samadapt.runtime import Ranks
 from samadapt.training.finetune import finetune, prepare_run_folder
 
 SETTINGS = {"box_noise": "none", "batch_size": 4, "steps": 24, "eval_every": 12, "checkpoint_every": 12,

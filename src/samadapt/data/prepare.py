@@ -6,17 +6,8 @@ model frame (:mod:`samadapt.data.frame`) and list its objects; slices without ob
 seeded fraction ``keep_empty_ratio``. Each case is written as one atomic shard; the manifest comes last.
 See :mod:`samadapt.data.prepared` for the format.
 
-Slicing and orientation. Volumes are ``(Z, Y, X)`` arrays; ``axial`` slices index array axis 0 (rows = Y,
-columns = X), ``coronal`` axis 1 (rows = Z, columns = X), ``sagittal`` axis 2 (rows = Z, columns = Y).
-The axes are not permuted; each slice is only flipped (rows and/or columns) so that it reads as a
-radiologist displays it. From the direction cosines, each in-plane array axis is matched to the patient
-axis it runs closest to and flipped unless it then runs towards patient Left (x), Posterior (y) or
-Inferior (z) in DICOM LPS terms: axial slices show anterior up and patient right on the image left,
-coronal slices superior up and patient right on the left, sagittal slices superior up and anterior on the
-left. The flips are stored as ``meta["flip_hw"]``; :func:`orient_slice` applies them and is its own
-inverse; :func:`put_slice` writes a (display-oriented) slice back into a ``(Z, Y, X)`` array, e.g. a
-prediction after :func:`samadapt.data.frame.from_model_frame_labels`. For volumes
-acquired obliquely or with permuted axes the axis names describe array axes, not anatomy.
+Slicing and orientation (which array axis is cut, and the flips that put each slice into radiological
+display orientation, ``meta["flip_hw"]``): :mod:`samadapt.data.orientation`.
 
 Intensities. Volumes are windowed as a whole (``--window``; ``auto`` = abdomen for CT, foreground
 percentiles otherwise); multi-channel nnU-Net cases use channel 0 only. 2D folders: ``auto`` passes 8-bit
@@ -37,15 +28,14 @@ import os
 import re
 import shutil
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import SimpleITK
 
 from samadapt.config import PrepareConfig, config_to_dict, save_config
 from samadapt.data.frame import frame_shape, model_frame_spacing, to_model_frame_image, to_model_frame_labels
+from samadapt.data.orientation import AXES, MAX_SIDE, MAX_SLICES, slice_flips, slice_spacings, take_slice
 from samadapt.data.prepared import (
     FORMAT_VERSION,
     PREPARE_MARKER,
@@ -63,69 +53,8 @@ from samadapt.data.prepared import (
 from samadapt.data.windowing import Window, parse_window
 from samadapt.errors import ConfigError, DatasetError, GeometryMismatchError, InputFileError
 from samadapt.io.atomic import write_json_atomic
-from samadapt.io.volume import Geometry, check_path_encodable, check_same_grid, read_volume
-
-MAX_SIDE = 4096
-MAX_SLICES = 5000
-AXES = {"axial": 0, "coronal": 1, "sagittal": 2}
-_INDEX_AXIS_OF_ARRAY_AXIS = {0: 2, 1: 1, 2: 0}  # (Z, Y, X) array axis -> SimpleITK (x, y, z) index axis
-_DISPLAY_SIGN = (1.0, 1.0, -1.0)  # increasing row/column runs towards L (x), P (y), I (z) in LPS
-
-Progress = Callable[[int, int], object]
-
-
-# ----------------------------------------------------------------------------- orientation and slicing
-
-
-def slice_flips(geometry: Geometry, axis: str) -> tuple[bool, bool]:
-    """``(flip_rows, flip_cols)`` that put a slice along ``axis`` into radiological display orientation.
-
-    See the module docstring for the rule; ``geometry.direction`` is SimpleITK's row-major 3x3 matrix whose
-    column ``j`` is the physical direction of index axis ``j``.
-    """
-    slicing = AXES[axis]
-    direction = np.asarray(geometry.direction, dtype=float).reshape(3, 3)
-    flips = []
-    for array_axis in (a for a in range(3) if a != slicing):
-        vector = direction[:, _INDEX_AXIS_OF_ARRAY_AXIS[array_axis]]
-        patient_axis = int(np.argmax(np.abs(vector)))
-        flips.append(bool(np.sign(vector[patient_axis]) != _DISPLAY_SIGN[patient_axis]))
-    return flips[0], flips[1]
-
-
-def orient_slice(slice2d: np.ndarray, flips: tuple[bool, bool]) -> np.ndarray:
-    """Flip the rows / columns (axes 0 / 1) of ``slice2d``; applying it twice gives the input back."""
-    if flips[0]:
-        slice2d = slice2d[::-1]
-    if flips[1]:
-        slice2d = slice2d[:, ::-1]
-    return slice2d
-
-
-def take_slice(array: np.ndarray, axis: str, index: int,
-               flips: tuple[bool, bool] = (False, False)) -> np.ndarray:
-    """Slice ``index`` of a ``(Z, Y, X)`` array along ``axis``, oriented with ``flips``: ``(rows, cols)``."""
-    return orient_slice(np.take(array, index, axis=AXES[axis]), flips)
-
-
-def put_slice(array: np.ndarray, axis: str, index: int, slice2d: np.ndarray,
-              flips: tuple[bool, bool] = (False, False)) -> None:
-    """Write an oriented ``slice2d`` (as :func:`take_slice` returned it) back into ``array`` in place."""
-    target = tuple(s for a, s in enumerate(array.shape) if a != AXES[axis])
-    if tuple(slice2d.shape) != target:
-        raise ValueError(f"slice of shape {slice2d.shape} does not fit a {axis} slice {target} of {array.shape}")
-    view = [slice(None)] * 3
-    view[AXES[axis]] = index
-    array[tuple(view)] = orient_slice(np.asarray(slice2d), flips)
-
-
-def _slice_spacings(geometry: Geometry, axis: str) -> tuple[tuple[float, float], float]:
-    """In-plane ``(row, col)`` spacing and slice spacing (mm) for slices along ``axis``."""
-    by_array_axis = {0: geometry.spacing[2], 1: geometry.spacing[1], 2: geometry.spacing[0]}
-    slicing = AXES[axis]
-    rows, cols = (a for a in range(3) if a != slicing)
-    return (float(by_array_axis[rows]), float(by_array_axis[cols])), float(by_array_axis[slicing])
-
+from samadapt.io.volume import Geometry, check_path_encodable, check_same_grid, read_header_geometry, read_volume
+from samadapt.progress import Progress
 
 # ----------------------------------------------------------------------------- plans
 
@@ -161,17 +90,9 @@ def _check_2d_side(path: Path, shape: tuple[int, ...]) -> None:
 
 def _check_volume_header(path: Path, axis: str) -> None:
     """Refuse absurd volume sizes from the file header, before reading the voxels (files only)."""
-    check_path_encodable(path)
-    if path.is_dir():
-        return
-    reader = SimpleITK.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        return  # read_volume reports unreadable files with the proper message
-    size = tuple(reader.GetSize()) + (1,) * (3 - reader.GetDimension())
-    _check_volume_size(path, tuple(int(s) for s in reversed(size[:3])), axis)
+    geometry = read_header_geometry(path)  # None for folders, 2D files and unreadable headers: checked once read
+    if geometry is not None:
+        _check_volume_size(path, tuple(reversed(geometry.size)), axis)
 
 
 def _check_volume_size(path: Path, zyx: tuple[int, ...], axis: str) -> None:
@@ -415,7 +336,7 @@ def _volume_case(case, classes: list[ClassSpec], declared: set[int], ignore_labe
         framed = framed_labels[index]
         labels.append(framed if framed is not None else np.zeros((config.image_size,) * 2, dtype=np.uint16))
     images_arr, labels_arr, objects = _assemble(case.case_id, kept, per_slice, images, labels)
-    spacing_hw, slice_spacing = _slice_spacings(image.geometry, config.axis)
+    spacing_hw, slice_spacing = slice_spacings(image.geometry, config.axis)
     meta = {
         "source_image": str(image_path), "source_label": str(label_path),
         "geometry": image.geometry.to_dict(), "axis": config.axis, "slice_indices": kept,

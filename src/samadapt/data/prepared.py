@@ -27,7 +27,7 @@ is ``np.isin(labels[slice], values)``.
 "axial" | "coronal" | "sagittal" | "2d", "slice_indices": [index along the axis in the source volume],
 "source_hw": [h, w] (slice size before resizing), "valid_hw": [h', w'] (unpadded model-frame region),
 "pixel_spacing_mm": [sy, sx] per model-frame pixel, "slice_spacing_mm": float, "flip_hw": [bool, bool]
-(rows / columns flipped after extraction from the source array, see :mod:`samadapt.data.prepare`),
+(rows / columns flipped after extraction from the source array, see :mod:`samadapt.data.orientation`),
 "window": {...} (the intensity mapping used), "params": {...} (equal to the manifest's),
 "source_files": [[path, size, mtime_ns], ...]}`` (``params`` and ``source_files`` decide whether a shard
 is reused on resume); 2D cases add ``"source_masks": {raw value: mask file}``.
@@ -50,14 +50,14 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from numpy.lib import format as npy_format
 
-from samadapt.errors import DatasetError
+from samadapt.errors import ConfigError, DatasetError
 from samadapt.io.atomic import atomic_dir, write_json_atomic
 from samadapt.io.checksums import file_sha256
 
@@ -395,8 +395,22 @@ class PreparedDataset:
         return [cid for cid, c in self._cases.items() if split is None or c["split"] == split]
 
     def split_of(self, case_id: str) -> str:
+        """The split ("train", "val" or "test") the manifest gives ``case_id``."""
         self._folder(case_id)
         return str(self._cases[case_id]["split"])
+
+    def select_classes(self, classes: Sequence[str] | None, setting: str = "classes") -> list[str]:
+        """``classes`` checked against this dataset's class names, or all of them when ``classes`` is None.
+
+        Raises :class:`~samadapt.errors.ConfigError` naming ``setting`` (e.g. "adapt setting classes") and the
+        classes the dataset lacks."""
+        if classes is None:
+            return list(self.class_names)
+        unknown = [c for c in classes if c not in self.class_names]
+        if unknown:
+            raise ConfigError(f"{setting}: {', '.join(unknown)} not in {self.root} (classes: "
+                              f"{', '.join(self.class_names)})")
+        return list(classes)
 
     def images(self, case_id: str) -> np.ndarray:
         """``(S, H, W)`` or ``(S, H, W, 3)`` uint8, memory-mapped read-only."""

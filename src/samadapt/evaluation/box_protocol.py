@@ -8,7 +8,7 @@ prepared case (``pixel_spacing_mm``), so NSD and HD95 are in mm.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,7 +51,6 @@ def predict_with_boxes(
     split: str = "test",
     jitter_px: float = 0.0,
     seed: int = 0,
-    progress: Callable[[int], None] | None = None,
     slices: Iterable[tuple[str, int, list[SliceObject]]] | None = None,
 ) -> Iterator[SlicePrediction]:
     """Decode every object of ``split`` from its (jittered) box; yields one :class:`SlicePrediction` per slice.
@@ -71,8 +70,6 @@ def predict_with_boxes(
         predicted = (upscale_logits(low_res[:, 0], image_size) > 0).cpu().numpy()
         predicted[:, valid_h:, :] = False
         predicted[:, :, valid_w:] = False
-        if progress is not None:
-            progress(1)
         yield SlicePrediction(case_id, index, objects, predicted, truth)
 
 

@@ -19,7 +19,7 @@ A slice stops early once every object has had ``dice_clicks`` clicks and reached
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,12 +29,15 @@ from segment_anything.modeling import Sam
 from samadapt.data.prepared import PreparedDataset, SliceObject
 from samadapt.evaluation.box_protocol import slices_with_objects
 from samadapt.evaluation.figures import pyplot, save_figure
+from samadapt.evaluation.markdown import markdown_table
 from samadapt.evaluation.protocol_slices import ProtocolSlice, load_protocol_slice, object_row
 from samadapt.evaluation.slice_sample import Estimate, bootstrap_estimate
 from samadapt.evaluation.slice_store import SliceKey, SliceStore, score_slices
 from samadapt.inference.decode import upscale_logits
 from samadapt.inference.region_decode import decode_regions, pick_outputs
 from samadapt.models.embedding_cache import EmbeddingCache
+from samadapt.overlap import dice_iou
+from samadapt.progress import Progress
 from samadapt.prompts.corrections import LargestErrorClick, previous_logits_prompt
 from samadapt.prompts.region_prompts import RegionPrompts
 
@@ -58,12 +61,7 @@ class InteractiveSettings:
 def overlap_scores(prediction: torch.Tensor, truth: torch.Tensor) -> dict[str, np.ndarray]:
     """Dice and IoU of ``NxHxW`` bool masks against their truth, per mask (both empty: 1, as
     :func:`samadapt.evaluation.metrics.dice`), computed together for the whole batch."""
-    inter = (prediction & truth).flatten(1).sum(1).double()
-    total = prediction.flatten(1).sum(1).double() + truth.flatten(1).sum(1).double()
-    union = total - inter
-    empty = total == 0
-    dice_values = torch.where(empty, 1.0, 2 * inter / total.clamp(min=1))
-    iou_values = torch.where(empty, 1.0, inter / union.clamp(min=1))
+    dice_values, iou_values = dice_iou(prediction, truth)
     return {"dice": dice_values.numpy(), "iou": iou_values.numpy()}
 
 
@@ -150,7 +148,7 @@ class InteractiveJob:
 
 def interactive_rows(
     sam: Sam, prepared: PreparedDataset, cache: EmbeddingCache, split: str = "test",
-    settings: InteractiveSettings = InteractiveSettings(), progress: Callable[[int], None] | None = None,
+    settings: InteractiveSettings = InteractiveSettings(), progress: Progress | None = None,
     slices: Sequence[tuple[str, int, list[SliceObject]]] | None = None, store: SliceStore | None = None,
     workers: int = 1,
 ) -> list[dict]:
@@ -161,7 +159,7 @@ def interactive_rows(
 
     ``slices`` (``(case_id, slice, objects)``, default every slice of ``split`` with objects) limits it to a
     sample; ``store`` reads finished slices back and keeps new ones; ``workers`` processes score slices at
-    once (:func:`~samadapt.evaluation.slice_store.score_slices`). ``progress(1)`` per slice.
+    once (:func:`~samadapt.evaluation.slice_store.score_slices`). ``progress(done, total)`` over the slices.
     """
     chosen = list(slices) if slices is not None else list(slices_with_objects(prepared, split))
     job = InteractiveJob(sam, prepared, cache, {(c, i): objects for c, i, objects in chosen}, settings)
@@ -224,26 +222,24 @@ def interactive_section(
              "Simulated user: first click at the object's interior, each next click at the interior of the largest "
              "error region (positive in a miss, negative in a spill), previous logits fed back; all objects of a "
              f"slice at once. NoC: clicks to reach the IoU, {settings.max_clicks} when never reached (fail: share "
-             "of such objects). Mean over classes.", "",
-             "| model | " + " | ".join(f"Dice@{k}" for k in ks) + " | "
-             + " | ".join(f"NoC@{lv} | fail@{lv}" for lv in levels) + " |",
-             "|" + "---|" * (1 + len(ks) + 2 * len(levels))]
+             "of such objects). Mean over classes.", ""]
+    rows = []
     for label, summary in summaries.items():
         mean = summary["mean_over_classes"]
-        if not mean:
-            continue
-        cells = [_fmt(mean["dice_at"][k - 1]) for k in ks]
-        cells += [f"{mean[f'noc_{lv}']:.2f} | {_fmt(mean[f'fail_{lv}'], digits=0)}%" for lv in levels]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        if mean:
+            rows.append([label, *(_fmt(mean["dice_at"][k - 1]) for k in ks),
+                         *(cell for lv in levels
+                           for cell in (f"{mean[f'noc_{lv}']:.2f}", f"{_fmt(mean[f'fail_{lv}'], digits=0)}%"))])
+    lines += markdown_table(["model", *(f"Dice@{k}" for k in ks),
+                             *(name for lv in levels for name in (f"NoC@{lv}", f"fail@{lv}"))], rows)
     top = levels[-1]
     classes = list(dict.fromkeys(c for s in summaries.values() for c in s["per_class"]))
-    lines += ["", f"NoC@{top} per class (lower is better):", "",
-              "| class | n | " + " | ".join(summaries) + " |", "|" + "---|" * (2 + len(summaries))]
-    for name in classes:
-        n = next((s["per_class"][name]["n"] for s in summaries.values() if name in s["per_class"]), 0)
-        cells = [f"{s['per_class'][name][f'noc_{top}']:.2f}" if name in s["per_class"] else "-"
-                 for s in summaries.values()]
-        lines.append(f"| {name} | {n} | " + " | ".join(cells) + " |")
+    lines += ["", f"NoC@{top} per class (lower is better):", ""]
+    lines += markdown_table(
+        ["class", "n", *summaries],
+        [[name, next((s["per_class"][name]["n"] for s in summaries.values() if name in s["per_class"]), 0),
+          *(f"{s['per_class'][name][f'noc_{top}']:.2f}" if name in s["per_class"] else "-" for s in summaries.values())]
+         for name in classes])
     return lines + ["", "![Interactive curves](interactive_curves.png)", ""]
 
 

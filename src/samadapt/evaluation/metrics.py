@@ -5,8 +5,9 @@ Masks are numpy bool arrays, 2D ``(H, W)`` or 3D ``(Z, Y, X)``; prediction and r
 2D, ``(z, y, x)`` for a ``(Z, Y, X)`` volume. That is SimpleITK's ``GetSpacing()`` reversed, since
 SimpleITK reports ``(x, y, z)``. A single number means isotropic spacing.
 
-Dice and IoU come from voxel counts. The surface metrics wrap MONAI (``compute_surface_dice`` and
-``compute_hausdorff_distance``): boundaries are the masks' edge voxels, and distances are Euclidean in mm.
+Dice and IoU come from voxel counts (:mod:`samadapt.overlap`, which holds their rule for empty masks). The
+surface metrics wrap MONAI (``compute_surface_dice`` and ``compute_hausdorff_distance``): boundaries are the
+masks' edge voxels, and distances are Euclidean in mm.
 
 Empty masks follow one convention throughout (:func:`segmentation_scores`):
 
@@ -32,17 +33,10 @@ import numpy as np
 import torch
 from monai.metrics import compute_hausdorff_distance, compute_surface_dice
 
+from samadapt.overlap import check_masks, dice, iou
+
 METRICS: tuple[str, ...] = ("dice", "iou", "nsd", "hd95")
 """The keys :func:`segmentation_scores` returns, in report order."""
-
-
-def _check_pair(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    pred, gt = np.asarray(pred, dtype=bool), np.asarray(gt, dtype=bool)
-    if pred.shape != gt.shape:
-        raise ValueError(f"prediction {pred.shape} and reference {gt.shape} must have the same shape")
-    if pred.ndim not in (2, 3):
-        raise ValueError(f"masks must be 2D (H, W) or 3D (Z, Y, X), got {pred.ndim} dimensions")
-    return pred, gt
 
 
 def _spacing_tuple(spacing: float | Sequence[float], ndim: int) -> tuple[float, ...]:
@@ -57,24 +51,6 @@ def _as_batch(mask: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(mask))[None, None]
 
 
-def dice(pred: np.ndarray, gt: np.ndarray) -> float:
-    """Dice ``2|P∩G| / (|P|+|G|)``; 1 when both masks are empty."""
-    pred, gt = _check_pair(pred, gt)
-    total = int(np.count_nonzero(pred)) + int(np.count_nonzero(gt))
-    if total == 0:
-        return 1.0
-    return 2.0 * int(np.count_nonzero(pred & gt)) / total
-
-
-def iou(pred: np.ndarray, gt: np.ndarray) -> float:
-    """Intersection over union ``|P∩G| / |P∪G|``; 1 when both masks are empty."""
-    pred, gt = _check_pair(pred, gt)
-    union = int(np.count_nonzero(pred | gt))
-    if union == 0:
-        return 1.0
-    return int(np.count_nonzero(pred & gt)) / union
-
-
 def normalized_surface_dice(
     pred: np.ndarray, gt: np.ndarray, spacing: float | Sequence[float] = 1.0, tolerance_mm: float = 1.0
 ) -> float:
@@ -83,7 +59,7 @@ def normalized_surface_dice(
     Computed by ``monai.metrics.compute_surface_dice`` (edge-voxel boundaries, distance ``<=`` tolerance).
     Returns 1 when both masks are empty and 0 when exactly one is.
     """
-    pred, gt = _check_pair(pred, gt)
+    pred, gt = check_masks(pred, gt)
     spacing_t = _spacing_tuple(spacing, pred.ndim)
     has_pred, has_gt = bool(pred.any()), bool(gt.any())
     if not (has_pred or has_gt):
@@ -106,7 +82,7 @@ def hausdorff_distance_95(pred: np.ndarray, gt: np.ndarray, spacing: float | Seq
     This is the larger of the two directed 95th percentiles of edge-to-edge distances. Returns 0 when both
     masks are empty and ``nan`` when exactly one is, because the distance is then undefined.
     """
-    pred, gt = _check_pair(pred, gt)
+    pred, gt = check_masks(pred, gt)
     spacing_t = _spacing_tuple(spacing, pred.ndim)
     has_pred, has_gt = bool(pred.any()), bool(gt.any())
     if not (has_pred or has_gt):

@@ -38,7 +38,7 @@ import itertools
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +53,7 @@ from samadapt.evaluation.box_protocol import (
     score_predictions,
     slices_with_objects,
 )
+from samadapt.evaluation.markdown import markdown_table
 from samadapt.evaluation.metrics import mean_scores, per_class_mean
 from samadapt.evaluation.overlays import save_overlays
 from samadapt.evaluation.prompt_protocols import (
@@ -75,11 +76,11 @@ from samadapt.evaluation.slice_sample import (
 from samadapt.evaluation.slice_store import SLICES_DIR, check_workers, copy_stores
 from samadapt.evaluation.volume_scores import score_case_volumes
 from samadapt.io.atomic import atomic_dir, write_json_atomic
-from samadapt.models.embedding_cache import compute_embeddings, resolve_device
+from samadapt.models.embedding_cache import compute_embeddings
 from samadapt.models.registry import REGISTRY
-from samadapt.models.sam import load_sam, resolve_checkpoint
-from samadapt.progress import BarFactory, bar_on_demand, no_bars
-from samadapt.promise.adapter import sam_digest
+from samadapt.models.sam import load_sam, resolve_checkpoint, sam_digest
+from samadapt.progress import BarFactory, Progress, as_progress, bar_on_demand, no_bars
+from samadapt.runtime import resolve_device
 
 DEFAULT_JITTERS: tuple[float, ...] = (0, 5, 10, 20)
 BOX_FILL = "box-fill baseline"
@@ -175,27 +176,29 @@ class MethodScores:
 
 
 def _score_stream(prepared: PreparedDataset, predictions: Iterable[SlicePrediction], nsd_tolerance_mm: float,
-                  keep: set[tuple[str, int]], progress: Callable[[int], None] = lambda n: None,
-                  volumes: bool = True) -> MethodScores:
+                  keep: set[tuple[str, int]], progress: Progress, total: int, volumes: bool = True) -> MethodScores:
     """Score predictions case by case (2D and 3D), keeping only the slices in ``keep`` in memory.
 
-    ``progress(1)`` once per slice when it is scored; a case's last slice counts once the case's 3D scores are
-    done too, so a bar over the slices reaches its end with the work. Without ``volumes`` (a sample of slices,
-    whose cases are incomplete), no 3D scores.
+    ``progress(done, total)`` over the ``total`` slices of ``predictions``; a case's last slice counts once the
+    case's 3D scores are done too, so a bar over the slices reaches its end with the work. Without ``volumes``
+    (a sample of slices, whose cases are incomplete), no 3D scores.
     """
     started = time.perf_counter()
     scores = MethodScores()
+    done = 0
     for case_id, group in itertools.groupby(predictions, key=lambda p: p.case_id):
         items = []
         for item in group:
             if items:
-                progress(1)
+                done += 1
+                progress(done, total)
             scores.rows += score_predictions(prepared, iter([item]), nsd_tolerance_mm)
             items.append(item)
         if volumes:
             scores.volume_rows += score_case_volumes(prepared, case_id, items, nsd_tolerance_mm)
         scores.kept += [p for p in items if (p.case_id, p.slice) in keep]
-        progress(1)
+        done += 1
+        progress(done, total)
     scores.wall_s = time.perf_counter() - started
     return scores
 
@@ -212,16 +215,15 @@ def _summary(rows: list[dict]) -> dict:
 
 
 def _jitter_table(per_model: dict[str, dict[float, MethodScores]], jitters: Sequence[float], volume: bool) -> str:
-    lines = ["| model | " + " | ".join(f"{_jitter_name(j)} px" for j in jitters) + " |",
-             "|" + "---|" * (len(jitters) + 1)]
+    table = []
     for label, by_jitter in per_model.items():
         cells = []
         for j in jitters:
             rows = by_jitter[j].volume_rows if volume else by_jitter[j].rows
             value = _class_mean(rows, "dice")
             cells.append("-" if math.isnan(value) else f"{100 * value:.1f}")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        table.append([label, *cells])
+    return "\n".join(markdown_table(["model", *(f"{_jitter_name(j)} px" for j in jitters)], table))
 
 
 # ----------------------------------------------------------------------------- the command
@@ -312,8 +314,8 @@ def evaluate_models(
                 predictions = predict_with_boxes(loaded.sam, dataset, cache, split, float(jitter), seed,
                                                  slices=slices)
                 per_model[label][jitter] = _score_stream(dataset, predictions, nsd_tolerance_mm,
-                                                         keep if jitter == base else set(), bar.update,
-                                                         volumes=not sampled)
+                                                         keep if jitter == base else set(), as_progress(bar),
+                                                         len(slices), volumes=not sampled)
         identity = {"model": sam_digest(loaded.sam), "embeddings": cache.signature, "prepared": dataset.hash}
         extras[label] = run_protocols(chosen_protocols, loaded.sam, dataset, cache, split, seed, label, len(slices),
                                       bars, sample=slices, store_folder=out / SLICES_DIR, identity=identity,
@@ -323,7 +325,7 @@ def evaluate_models(
         del loaded, cache
     with bars(BOX_FILL, len(slices)) as bar:
         fill = _score_stream(dataset, box_fill_predictions(dataset, split, slices), nsd_tolerance_mm, set(),
-                             bar.update, volumes=not sampled)
+                             as_progress(bar), len(slices), volumes=not sampled)
 
     methods = [MethodResult(label, per_model[label][base].rows, wall_s=per_model[label][base].wall_s,
                             notes=f"`{p['model']}`") for label, p in zip(labels, provenance, strict=True)]

@@ -49,7 +49,7 @@ from samadapt.evaluation.robustness_protocol import (
 from samadapt.evaluation.slice_sample import Estimate
 from samadapt.evaluation.slice_store import SliceStore
 from samadapt.models.embedding_cache import EmbeddingCache
-from samadapt.progress import BarFactory, no_bars
+from samadapt.progress import BarFactory, as_progress, no_bars
 
 PROTOCOLS: tuple[str, ...] = ("box", "interactive", "robustness")
 
@@ -93,15 +93,15 @@ def run_protocols(
     if "interactive" in protocols:
         kept = store("interactive", {"settings": asdict(settings)})
         with bars(f"interactive {label}", slices) as bar:
-            rows = interactive_rows(sam, prepared, cache, split, settings, bar.update, slices=sample, store=kept,
+            rows = interactive_rows(sam, prepared, cache, split, settings, as_progress(bar), slices=sample, store=kept,
                                     workers=workers)
         results["interactive"] = {"rows": rows, "summary": interactive_summary(rows, settings),
                                   "estimates": interactive_estimates(rows, settings), "store": kept}
     if "robustness" in protocols:
         kept = store("robustness", {"seed": seed, "behaviours": behaviours_identity(ROBUSTNESS_BEHAVIOURS)})
         with bars(f"robustness {label}", slices) as bar:
-            rows = robustness_rows(sam, prepared, cache, split, seed, progress=bar.update, slices=sample, store=kept,
-                                   workers=workers)
+            rows = robustness_rows(sam, prepared, cache, split, seed, progress=as_progress(bar), slices=sample,
+                                   store=kept, workers=workers)
         results["robustness"] = {"rows": rows, "summary": robustness_summary(rows),
                                  "estimates": robustness_estimates(rows), "store": kept}
     return results

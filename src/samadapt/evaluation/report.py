@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from samadapt.evaluation.figures import pyplot, save_figure
+from samadapt.evaluation.markdown import markdown_table
 from samadapt.evaluation.metrics import METRICS, mean_scores, per_case_mean, per_class_mean
 from samadapt.io.atomic import atomic_path, write_json_atomic
 
@@ -39,42 +40,41 @@ def _fmt(value: float | None, scale: float = 100.0, digits: int = 1) -> str:
     return f"{value * scale:.{digits}f}"
 
 
+def mean_of_groups(groups: Mapping[object, Mapping[str, float]], metric: str) -> float | None:
+    """The mean of ``metric`` over the groups (classes or cases) where it is defined, ``None`` where it is in
+    none: groups whose value is ``nan`` (HD95 when only one mask is empty) are left out, as
+    :func:`~samadapt.evaluation.metrics.mean_scores` leaves out such objects within a group."""
+    values = np.array([float(v[metric]) for v in groups.values()], dtype=np.float64)
+    defined = values[~np.isnan(values)]
+    return float(defined.mean()) if defined.size else None
+
+
+def _group_table(methods: list[MethodResult], key: str, metric: str, means: Mapping[str, dict]) -> str:
+    """One row per group of ``key`` (and their mean), one column per method, ``metric`` x 100."""
+    groups = list(dict.fromkeys(row[key] for m in methods for row in m.rows))
+    rows = []
+    for name in groups:
+        n = next((means[m.name][name]["n"] for m in methods if name in means[m.name]), 0)
+        rows.append([name, n, *(_fmt(means[m.name].get(name, {}).get(metric)) for m in methods)])
+    label = "**mean over classes**" if key == "class" else "**mean over cases**"
+    rows.append([label, "", *(_fmt(mean_of_groups(means[m.name], metric)) for m in methods)])
+    header = ["class" if key == "class" else "case", "n", *(m.name for m in methods)]
+    return "\n".join(markdown_table(header, rows))
+
+
 def summary_table(methods: list[MethodResult], metric: str = "dice") -> str:
-    """Markdown table: one row per class (and the mean), one column per method, ``metric`` x 100."""
-    classes: list[str] = []
-    for method in methods:
-        for row in method.rows:
-            if row["class"] not in classes:
-                classes.append(row["class"])
-    per_class = {m.name: per_class_mean(m.rows) for m in methods}
-    header = "| class | n | " + " | ".join(m.name for m in methods) + " |"
-    lines = [header, "|" + "---|" * (len(methods) + 2)]
-    for name in classes:
-        n = next((per_class[m.name][name]["n"] for m in methods if name in per_class[m.name]), 0)
-        cells = [_fmt(per_class[m.name].get(name, {}).get(metric)) for m in methods]
-        lines.append(f"| {name} | {n} | " + " | ".join(cells) + " |")
-    means = [_fmt(float(np.mean([v[metric] for v in per_class[m.name].values()])) if per_class[m.name] else None)
-             for m in methods]
-    lines.append("| **mean over classes** | | " + " | ".join(means) + " |")
-    return "\n".join(lines)
+    """Markdown table: one row per class (and the mean over classes, :func:`mean_of_groups`), one column per
+    method, ``metric`` x 100."""
+    return _group_table(methods, "class", metric, {m.name: per_class_mean(m.rows) for m in methods})
 
 
 def per_case_table(methods: list[MethodResult], metric: str = "dice") -> str:
-    """Markdown table: one row per case (and the mean over cases), one column per method, ``metric`` x 100.
+    """Markdown table: one row per case (and the mean over cases, :func:`mean_of_groups`), one column per
+    method, ``metric`` x 100.
 
     Each case averages all its objects with equal weight (:func:`~samadapt.evaluation.metrics.per_case_mean`).
     """
-    cases = list(dict.fromkeys(row["case_id"] for m in methods for row in m.rows))
-    per_case = {m.name: per_case_mean(m.rows) for m in methods}
-    lines = ["| case | n | " + " | ".join(m.name for m in methods) + " |", "|" + "---|" * (len(methods) + 2)]
-    for case in cases:
-        n = next((per_case[m.name][case]["n"] for m in methods if case in per_case[m.name]), 0)
-        cells = [_fmt(per_case[m.name].get(case, {}).get(metric)) for m in methods]
-        lines.append(f"| {case} | {n} | " + " | ".join(cells) + " |")
-    means = [_fmt(float(np.nanmean([v[metric] for v in per_case[m.name].values()])) if per_case[m.name] else None)
-             for m in methods]
-    lines.append("| **mean over cases** | | " + " | ".join(means) + " |")
-    return "\n".join(lines)
+    return _group_table(methods, "case_id", metric, {m.name: per_case_mean(m.rows) for m in methods})
 
 
 def write_csv_atomic(path: Path, rows: Sequence[Mapping[str, object]], fields: Sequence[str] | None = None) -> Path:
@@ -157,10 +157,9 @@ def write_report(out: Path, title: str, methods: list[MethodResult], context: li
     lines += ["## NSD per class (x100)", "", summary_table(methods, "nsd"), ""]
     if sections:
         lines += [*sections, ""]
-    lines += ["## Cost", "", "| method | iterations | wall time (s) | notes |", "|---|---|---|---|"]
-    for m in methods:
-        wall = f"{m.wall_s:.1f}" if m.wall_s is not None else "-"
-        lines.append(f"| {m.name} | {m.iterations if m.iterations is not None else '-'} | {wall} | {m.notes} |")
+    cost = [[m.name, m.iterations if m.iterations is not None else "-", f"{m.wall_s:.1f}" if m.wall_s is not None
+             else "-", m.notes] for m in methods]
+    lines += ["## Cost", "", *markdown_table(["method", "iterations", "wall time (s)", "notes"], cost)]
     lines += ["", "![Dice per class](dice_per_class.png)", ""]
     if has_curves:
         lines += ["![Dice vs iterations](dice_vs_iterations.png)", ""]

@@ -17,7 +17,7 @@ averages the per-class Dice of each behaviour and the per-class spreads.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,13 +26,15 @@ from segment_anything.modeling import Sam
 
 from samadapt.data.prepared import PreparedDataset, SliceObject
 from samadapt.evaluation.box_protocol import slices_with_objects
-from samadapt.evaluation.metrics import dice
+from samadapt.evaluation.markdown import markdown_table
 from samadapt.evaluation.protocol_slices import load_protocol_slice, object_row
 from samadapt.evaluation.slice_sample import Estimate, bootstrap_estimate
 from samadapt.evaluation.slice_store import SliceKey, SliceStore, score_slices, slice_seed
 from samadapt.inference.decode import upscale_logits
 from samadapt.inference.region_decode import decode_regions, pick_outputs
 from samadapt.models.embedding_cache import EmbeddingCache
+from samadapt.overlap import dice
+from samadapt.progress import Progress
 from samadapt.prompts.box_behaviours import LooseBox, NoisyBox, PartialBox, ShiftedBox, TightBox
 from samadapt.prompts.click_behaviours import BoundaryClick, CentreClick
 
@@ -78,7 +80,7 @@ class RobustnessJob:
 
 def robustness_rows(
     sam: Sam, prepared: PreparedDataset, cache: EmbeddingCache, split: str = "test", seed: int = 0,
-    behaviours: Mapping[str, object] = ROBUSTNESS_BEHAVIOURS, progress: Callable[[int], None] | None = None,
+    behaviours: Mapping[str, object] = ROBUSTNESS_BEHAVIOURS, progress: Progress | None = None,
     slices: Sequence[tuple[str, int, list[SliceObject]]] | None = None, store: SliceStore | None = None,
     workers: int = 1,
 ) -> list[dict]:
@@ -86,7 +88,7 @@ def robustness_rows(
 
     ``slices`` (``(case_id, slice, objects)``, default every slice of ``split`` with objects) limits it to a
     sample; ``store`` reads finished slices back and keeps new ones; ``workers`` processes score slices at
-    once (:func:`~samadapt.evaluation.slice_store.score_slices`). ``progress(1)`` per slice.
+    once (:func:`~samadapt.evaluation.slice_store.score_slices`). ``progress(done, total)`` over the slices.
     """
     chosen = list(slices) if slices is not None else list(slices_with_objects(prepared, split))
     job = RobustnessJob(sam, prepared, cache, {(c, i): objects for c, i, objects in chosen}, seed, behaviours)
@@ -157,21 +159,18 @@ def robustness_section(summaries: Mapping[str, dict]) -> list[str]:
     lines = ["## Human-factor robustness: Dice per prompting behaviour (x100)", "",
              "Each object prompted once per simulated behaviour (no corrections); spread = std and max - min of "
              "a class's Dice across behaviours, averaged over classes (lower: less sensitive to the person "
-             "prompting).", "",
-             "| model | " + " | ".join(behaviours) + " | std | max-min |", "|" + "---|" * (3 + len(behaviours))]
-    for label, summary in summaries.items():
-        mean = summary["mean_over_classes"]
-        if not mean:
-            continue
-        cells = [_fmt(mean["dice"].get(b, math.nan)) for b in behaviours]
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {_fmt(mean['std'])} | {_fmt(mean['range'])} |")
+             "prompting).", ""]
+    lines += markdown_table(
+        ["model", *behaviours, "std", "max-min"],
+        [[label, *(_fmt(mean["dice"].get(b, math.nan)) for b in behaviours), _fmt(mean["std"]), _fmt(mean["range"])]
+         for label, mean in ((label, s["mean_over_classes"]) for label, s in summaries.items()) if mean])
     classes = list(dict.fromkeys(c for s in summaries.values() for c in s["per_class"]))
-    lines += ["", "Spread per class (std across behaviours, x100):", "",
-              "| class | n | " + " | ".join(summaries) + " |", "|" + "---|" * (2 + len(summaries))]
-    for name in classes:
-        n = next((s["per_class"][name]["n"] for s in summaries.values() if name in s["per_class"]), 0)
-        cells = [_fmt(s["per_class"][name]["std"]) if name in s["per_class"] else "-" for s in summaries.values()]
-        lines.append(f"| {name} | {n} | " + " | ".join(cells) + " |")
+    lines += ["", "Spread per class (std across behaviours, x100):", ""]
+    lines += markdown_table(
+        ["class", "n", *summaries],
+        [[name, next((s["per_class"][name]["n"] for s in summaries.values() if name in s["per_class"]), 0),
+          *(_fmt(s["per_class"][name]["std"]) if name in s["per_class"] else "-" for s in summaries.values())]
+         for name in classes])
     return lines + [""]
 
 

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from samadapt.errors import ConfigError
+from samadapt.evaluation.markdown import markdown_table
 
 BOOTSTRAP_RESAMPLES = 2000
 CONFIDENCE = 0.95
@@ -155,11 +156,8 @@ def bootstrap_estimate(
 def estimates_table(estimates: Mapping[str, Mapping[str, Estimate]]) -> list[str]:
     """Markdown lines: one row per model, one column per estimate (``mean [low, high]``)."""
     columns = list(dict.fromkeys(name for by_name in estimates.values() for name in by_name))
-    lines = ["| model | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
-    for label, by_name in estimates.items():
-        lines.append(f"| {label} | " + " | ".join(by_name[c].format() if c in by_name else "-" for c in columns)
-                     + " |")
-    return lines
+    return markdown_table(["model", *columns], [[label, *(by_name[c].format() if c in by_name else "-"
+                                                          for c in columns)] for label, by_name in estimates.items()])
 
 
 def estimates_json(estimates: Mapping[str, Mapping[str, Estimate]], sample: Mapping[str, Any]) -> dict:

@@ -46,6 +46,7 @@ import torch.multiprocessing
 
 from samadapt.errors import ConfigError
 from samadapt.io.atomic import atomic_path
+from samadapt.progress import Progress
 
 SLICES_DIR = "slice_results"
 """The report folder's subfolder of per-slice result files."""
@@ -201,7 +202,7 @@ def score_slices(
     job: Callable[[SliceKey], Any],
     store: SliceStore | None = None,
     workers: int = 1,
-    progress: Callable[[int], None] | None = None,
+    progress: Progress | None = None,
 ) -> list[Any]:
     """``job(key)`` for every slice of ``keys``, in that order; finished slices of ``store`` are read back.
 
@@ -211,21 +212,22 @@ def score_slices(
             module-level class holding the model, the prepared dataset and the cache does).
         store: where results are read back from and appended to as they finish (None: nothing on disk).
         workers: processes scoring slices at once (1: this process).
-        progress: called with the number of slices finished (read back ones at once, at the start).
+        progress: ``progress(done, total)`` over the slices (read back ones count at once, at the start).
 
     Returns:
         The results in the order of ``keys``, each as it reads back from a store (:func:`round_trip`).
     """
     done = store.done if store is not None else {}
     results = {key: done[key] for key in keys if key in done}
+    total = len(dict.fromkeys(keys))
     if progress is not None and results:
-        progress(len(results))
+        progress(len(results), total)
     pending = list(dict.fromkeys(key for key in keys if key not in results))
 
     def finish(key: SliceKey, result: Any) -> None:
         results[key] = store.append(key, result) if store is not None else round_trip(result)
         if progress is not None:
-            progress(1)
+            progress(len(results), total)
 
     if workers <= 1 or len(pending) <= 1:
         for key in pending:

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from samadapt.data.prepare import AXES
+from samadapt.data.orientation import AXES
 from samadapt.errors import InputFileError, PromptError
 from samadapt.inference.volume_prompts import COORDINATE_SYSTEMS, VoxelBox, to_voxel_index
 from samadapt.inference.volume_segmentation import VolumePrompt

@@ -33,6 +33,7 @@ import torch
 
 from samadapt.errors import ConfigError, PromptError
 from samadapt.inference.segmenter import Segmenter
+from samadapt.overlap import iou
 from samadapt.prompts.boxes import boxes_from_masks
 
 
@@ -88,11 +89,6 @@ def box_with_margin(mask: np.ndarray, margin_fraction: float = 0.0, margin_px: f
     mx = max(margin_px, margin_fraction * (x1 - x0 + 1))
     my = max(margin_px, margin_fraction * (y1 - y0 + 1))
     return np.array([max(0.0, x0 - mx), max(0.0, y0 - my), min(w - 1.0, x1 + mx), min(h - 1.0, y1 + my)])
-
-
-def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 0.0
 
 
 class _Reference:
@@ -166,7 +162,9 @@ def propagate(
             if current.sum() < settings.min_area:
                 result.stops[name] = "object ended"
                 break
-            if _mask_iou(current, previous) < settings.min_overlap:
+            # both masks hold >= min_area >= 1 pixels here, so IoU's both-empty rule (1) never stops or continues
+            # a propagation: an empty mask has already stopped it ("object ended")
+            if iou(current, previous) < settings.min_overlap:
                 result.stops[name] = "lost overlap"
                 break
             if reference.departs(volume.slice(k), current):

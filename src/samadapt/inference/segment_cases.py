@@ -34,8 +34,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import SimpleITK as sitk  # noqa: N813
-
 from samadapt.data.prepared import source_signature
 from samadapt.errors import ConfigError, InputFileError
 from samadapt.inference.prompt_file import PromptFile
@@ -55,6 +53,7 @@ from samadapt.io.volume import (
     check_nifti_finite,
     check_path_encodable,
     is_volume_path,
+    read_geometry,
     read_volume,
     write_volume,
 )
@@ -109,22 +108,6 @@ def find_cases(source: str | os.PathLike[str]) -> list[Case]:
     if duplicates:
         raise InputFileError(f"{source}: several volumes share case id '{duplicates[0]}'; rename or move one")
     return sorted(cases, key=lambda c: c.case_id)
-
-
-def read_geometry(path: Path) -> Geometry:
-    """A volume's geometry from its header alone (DICOM folders and 2D files are read in full)."""
-    check_path_encodable(path)
-    if path.is_file():
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(path))
-        try:
-            reader.ReadImageInformation()
-        except RuntimeError:
-            reader = None
-        if reader is not None and reader.GetDimension() == 3:
-            return Geometry(tuple(int(s) for s in reader.GetSize()), tuple(float(s) for s in reader.GetSpacing()),
-                            tuple(float(o) for o in reader.GetOrigin()), tuple(float(d) for d in reader.GetDirection()))
-    return read_volume(path).geometry
 
 
 def _source_files(path: Path) -> list[Path]:

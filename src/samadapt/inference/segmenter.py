@@ -41,10 +41,11 @@ from samadapt.inference.image_frame import ImageFrame
 from samadapt.inference.model_source import load_model, model_classes
 from samadapt.inference.volume_slices import VolumeSlices
 from samadapt.io.volume import Volume
-from samadapt.models.embedding_cache import encode_slices, resolve_device
+from samadapt.models.embedding_cache import encode_slices
 from samadapt.models.onnx_encoder import use_encoder_runtime
 from samadapt.models.registry import DEFAULT_MODEL
 from samadapt.models.sam import LoadedModel
+from samadapt.runtime import resolve_device
 
 DEFAULT_CACHED_SLICES = 64
 DECODE_CHUNK = 32  # prompts per decoder call: bounds memory for big batches (the image embedding is repeated)
@@ -376,7 +377,3 @@ class Segmenter:
         return Prediction(masks, iou.float().cpu().numpy(), low_res.float().cpu(),
                           frame.points_to_original(points.float().cpu().numpy()), labels.long().cpu().numpy(),
                           presence_np)
-
-    def cache_info(self) -> dict:
-        """Embedding cache use: ``{"size", "max_items", "hits", "misses", "encoder_calls"}``."""
-        return {**self.cache.info(), "encoder_calls": self.encoder_calls}

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from samadapt.data.prepare import AXES
+from samadapt.data.orientation import AXES
 from samadapt.errors import PromptError
 from samadapt.io.volume import Geometry
 

@@ -3,7 +3,7 @@
 Windowing and orientation are ``samadapt prepare``'s, so a model sees slices exactly as it was trained on
 them: CT in a (width, level) window, other modalities stretched between foreground percentiles of the
 whole volume (:mod:`samadapt.data.windowing`); slices along ``axis`` flipped into radiological display
-orientation (:func:`samadapt.data.prepare.slice_flips`). The *slice frame* of slice ``k`` is that
+orientation (:func:`samadapt.data.orientation.slice_flips`). The *slice frame* of slice ``k`` is that
 display-oriented ``h x w`` image; masks predicted in it are written back into ``(Z, Y, X)`` label arrays
 with :meth:`VolumeSlices.paint`, which undoes the flips.
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from samadapt.data.prepare import AXES, MAX_SIDE, MAX_SLICES, put_slice, slice_flips, take_slice
+from samadapt.data.orientation import AXES, MAX_SIDE, MAX_SLICES, put_slice, slice_flips, take_slice
 from samadapt.data.windowing import Window, parse_window
 from samadapt.errors import ConfigError, InputFileError
 from samadapt.io.volume import Geometry, Volume, read_volume

@@ -285,18 +285,51 @@ def _check_nifti_finite(path: Path, reader: sitk.ImageFileReader) -> None:
                              "as 0); fix or mask them first")
 
 
+def _header_reader(path: Path) -> sitk.ImageFileReader | None:
+    """A reader holding the header of the file ``path`` (no voxel is read), or None for a folder or a file whose
+    header ITK cannot read (:func:`read_volume` reports those with the proper message)."""
+    if not path.is_file():
+        return None
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    return reader
+
+
+def read_header_geometry(path: str | os.PathLike[str]) -> Geometry | None:
+    """The geometry :func:`read_volume` would return for ``path``, from the file's header alone (no voxel is
+    read); None where the header cannot tell: a folder (DICOM series), a 2D image (``read_volume`` adds the
+    slice axis) or a file whose header ITK cannot read."""
+    path = Path(path)
+    check_path_encodable(path)
+    reader = _header_reader(path)
+    if reader is None or reader.GetDimension() != 3:
+        return None
+    return Geometry(tuple(int(s) for s in reader.GetSize()), tuple(float(s) for s in reader.GetSpacing()),
+                    tuple(float(o) for o in reader.GetOrigin()), tuple(float(d) for d in reader.GetDirection()))
+
+
+def read_geometry(path: str | os.PathLike[str]) -> Geometry:
+    """A volume's geometry: from its header when that tells (:func:`read_header_geometry`), else by reading
+    the volume (DICOM folders and 2D files)."""
+    return read_header_geometry(path) or read_volume(path).geometry
+
+
 def check_nifti_finite(path: str | os.PathLike[str]) -> None:
     """Raise :class:`InputFileError` when the NIfTI file ``path`` holds NaN or infinite voxels (as
     :func:`read_volume` does), without reading the volume; other files and unreadable headers pass (reading
     them reports those)."""
     path = Path(path)
     check_path_encodable(path)
-    if not path.is_file() or not path.name.lower().endswith((".nii", ".nii.gz")):
+    if not path.name.lower().endswith((".nii", ".nii.gz")):
         return
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
+    reader = _header_reader(path)
+    if reader is None:
+        return
     try:
-        reader.ReadImageInformation()
         _check_nifti_complete(path, reader)  # a truncated file is reported as such, not as a failed scan
         _check_nifti_finite(path, reader)
     except RuntimeError:

@@ -62,7 +62,8 @@ from samadapt.models.encoder_features import capture_features
 from samadapt.models.preprocess import to_model_input
 from samadapt.models.registry import FAMILY_FIELDS, ModelSpec
 from samadapt.models.sam import LoadedModel
-from samadapt.training.distributed import Ranks
+from samadapt.progress import Progress
+from samadapt.runtime import Ranks, resolve_device
 
 CACHE_FORMAT = 1
 CACHE_FILE = "cache.json"
@@ -72,10 +73,9 @@ _ENCODER_FIELDS = (
     "patch_size", "window_size", "prompt_embed_dim", "pixel_mean", "pixel_std",
 )
 
-Progress = Callable[[int, int], None]
-"""``progress(done_slices, total_slices)``: called once at the start (when the first case's files are
-allocated, so that a full disk is reported before any bar) and after every batch; never when there is
-nothing left to compute (a finished cache shows no progress at all)."""
+# progress (samadapt.progress.Progress) counts slices: called once at the start (when the first case's files are
+# allocated, so that a full disk is reported before any bar) and after every batch; never when there is nothing
+# left to compute (a finished cache shows no progress at all)
 
 
 class PreparedLike(Protocol):
@@ -306,19 +306,6 @@ class LiveEmbeddings:
         return self._last[1]
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``device`` as a :class:`torch.device`; :class:`ConfigError` when it is malformed or not present."""
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"device '{device}' is not a torch device; use cpu, cuda or cuda:<index>") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device '{device}' requested but no CUDA GPU is available; use --device cpu")
-    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
-        raise ConfigError(f"device '{device}': only {torch.cuda.device_count()} CUDA device(s) here")
-    return resolved
-
-
 def _npy_header(shape: tuple[int, ...]) -> bytes:
     """The ``.npy`` header numpy writes for a C-ordered array of ``shape`` in the cache's dtype."""
     buffer = io.BytesIO()
@@ -543,10 +530,10 @@ def compute_embeddings(
         with_features: also store the multi-level block outputs (``(S, 3, D, g, g)`` per case).
         device: where the encoder runs (``"cpu"``, ``"cuda"``, ...).
         progress: ``progress(done_slices, total_slices)`` over the slices of the cases this rank owns (all
-            of them in one process), called at the start (see :data:`Progress`) and after every batch; not
+            of them in one process), called at the start (see the module's note on progress) and after every batch; not
             at all when this rank has nothing left to compute (a finished cache), so a caller's bar need not
             appear.
-        ranks: the ``torchrun`` job this call is part of (:func:`samadapt.training.distributed.current`);
+        ranks: the ``torchrun`` job this call is part of (:func:`samadapt.runtime.current`);
             every rank must call it alike. Cases are split over the ranks and merged into one cache, the
             same bytes as one process (see :mod:`samadapt.models.cache_shards`). Default: one process.
 

@@ -8,6 +8,7 @@ accepted; without a sidecar its architecture is read off the tensor shapes.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import os
@@ -369,6 +370,16 @@ def load_sam(model: str = DEFAULT_MODEL, device: str | torch.device = "cpu", dow
             f"(e.g. {(missing or unexpected)[0]}); pass a complete SAM-format checkpoint"
         )
     return LoadedModel(sam.to(device).eval(), spec, path, sidecar)  # eval() after loading: TinyViT's bias cache
+
+
+def sam_digest(sam: torch.nn.Module) -> str:
+    """sha256 over every tensor of SAM's state dict (names, dtypes, shapes, bytes), in state-dict order."""
+    digest = hashlib.sha256(b"samadapt-sam-weights-v1\n")
+    for name, tensor in sam.state_dict().items():
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"\n{name}:{flat.dtype}:{tuple(tensor.shape)}\n".encode())
+        digest.update(flat.view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 def save_sam(sam: Sam, spec: ModelSpec, path: str | os.PathLike[str], info: dict | None = None) -> Path:

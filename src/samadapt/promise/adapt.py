@@ -30,22 +30,15 @@ import torch
 from samadapt.config import PromiseConfig, config_to_dict
 from samadapt.data.prepared import PreparedDataset
 from samadapt.errors import ConfigError
-from samadapt.evaluation.metrics import dice
-from samadapt.models.embedding_cache import EmbeddingCache, ensure_cache, resolve_device
-from samadapt.models.sam import LoadedModel, load_sam
-from samadapt.promise.adapter import (
-    ADAPTER_FILE,
-    BEST_ADAPTER_FILE,
-    AdapterSpec,
-    PromiseAdapter,
-    sam_digest,
-    save_adapter,
-)
+from samadapt.models.embedding_cache import EmbeddingCache, ensure_cache
+from samadapt.models.sam import LoadedModel, load_sam, sam_digest
+from samadapt.overlap import dice
+from samadapt.promise.adapter import ADAPTER_FILE, BEST_ADAPTER_FILE, AdapterSpec, PromiseAdapter, save_adapter
 from samadapt.promise.apm import class_priors, initial_point_layout, resolve_apm_size
 from samadapt.promise.objective import PromiseObjective, ground_truth_prompts, prompts_to
 from samadapt.promise.predict import automatic_masks, prompted_masks
 from samadapt.promise.samples import class_boxes, load_promise_slice, promise_slices
-from samadapt.training.distributed import setup
+from samadapt.runtime import resolve_device, setup
 from samadapt.training.engine import EngineSettings, run_training
 from samadapt.training.slice_data import SliceOrder, TrainingSlice
 
@@ -66,17 +59,6 @@ class AdaptResult:
     seconds_per_epoch: float = 0.0
     trainable_parameters: int = 0
     stopped_early: bool = False  # ``patience`` ended the run before ``steps``
-
-
-def adapter_classes(config: PromiseConfig, prepared: PreparedDataset) -> list[str]:
-    """The classes the adapter learns: ``config.classes`` (checked against the dataset), or all of them."""
-    if config.classes is None:
-        return list(prepared.class_names)
-    unknown = [c for c in config.classes if c not in prepared.class_names]
-    if unknown:
-        raise ConfigError(f"adapt setting classes: {', '.join(unknown)} not in {prepared.root} (classes: "
-                          f"{', '.join(prepared.class_names)})")
-    return list(config.classes)
 
 
 def build_adapter(
@@ -168,7 +150,7 @@ def adapt(
                           f"{loaded.spec.image_size} px; prepare with --image-size {loaded.spec.image_size}")
     loaded.sam.requires_grad_(False)
     loaded.sam.eval()
-    classes = adapter_classes(config, prepared)
+    classes = prepared.select_classes(config.classes, "adapt setting classes")  # the classes the adapter learns
     cache = ensure_cache(prepared, loaded, config.has_apm, device, ranks, embed_progress)
     train = promise_slices(prepared, "train", classes)
     val = promise_slices(prepared, config.val_split, classes) if prepared.case_ids(config.val_split) else []

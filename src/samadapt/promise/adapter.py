@@ -26,7 +26,6 @@ same shift.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from torch import nn
 
 from samadapt.errors import CheckpointError
 from samadapt.io.atomic import atomic_path, write_json_atomic
-from samadapt.models.sam import LoadedModel, load_sam
+from samadapt.models.sam import LoadedModel, load_sam, sam_digest
 from samadapt.promise.apm import build_apm
 from samadapt.promise.ips import IncrementalPatternShift
 from samadapt.prompts.point_sets import fixed_point_labels
@@ -159,16 +158,6 @@ class PromiseAdapter(nn.Module):
 
     def trainable_parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-
-def sam_digest(sam: nn.Module) -> str:
-    """sha256 over every tensor of SAM's state dict (names, dtypes, shapes, bytes), in state-dict order."""
-    digest = hashlib.sha256(b"samadapt-sam-weights-v1\n")
-    for name, tensor in sam.state_dict().items():
-        flat = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"\n{name}:{flat.dtype}:{tuple(tensor.shape)}\n".encode())
-        digest.update(flat.view(torch.uint8).numpy())
-    return digest.hexdigest()
 
 
 def adapter_sidecar(path: str | os.PathLike[str]) -> Path:

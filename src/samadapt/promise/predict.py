@@ -91,7 +91,7 @@ def predict_automatic_split(
     scoring what automatic segmentation predicts: one mask per class. Objects of classes the adapter does not
     know are left out. Adapter classes absent from a slice count as false positives when their mask is not
     empty. (``samadapt eval --prompts auto`` scores every slice and class; see
-    :mod:`samadapt.evaluation.auto_protocol`.)
+    :mod:`samadapt.promise.auto_protocol`.)
     """
     device = next(adapter.parameters()).device
     predictions, absent, false_positives = [], 0, 0

@@ -29,10 +29,9 @@ import numpy as np
 
 from samadapt.data.windowing import CT_PRESETS, parse_window
 from samadapt.errors import ConfigError, InputFileError, PromptError, SamadaptError
-from samadapt.inference.segment_cases import read_geometry
 from samadapt.inference.segmenter import Segmenter
 from samadapt.inference.volume_slices import VolumeSlices, guess_modality
-from samadapt.io.volume import Volume, read_volume, write_volume
+from samadapt.io.volume import Volume, read_geometry, read_volume, write_volume
 from samadapt.models.sam import LoadedModel
 from samadapt.serve.encoding import png_bytes, run_lengths
 from samadapt.serve.schemas import AutoRequest, CommitRequest, PromptRequest

@@ -21,7 +21,7 @@ engine owns the rest:
   resumed run stops alike.
 - ``<run>/metrics.jsonl`` (one record per step, validation records carry ``val_*`` keys) and TensorBoard
   events under ``<run>/tensorboard``.
-- Under ``torchrun`` (:mod:`samadapt.training.distributed`): gradients and step statistics are summed over
+- Under ``torchrun`` (:mod:`samadapt.runtime`): gradients and step statistics are summed over
   the ranks, validation runs on rank 0, and rank 0 alone writes; ``compute_loss`` takes its rank's shard
   and divides by the global batch.
 """
@@ -42,7 +42,7 @@ import torch
 
 from samadapt.errors import CheckpointError, ConfigError
 from samadapt.io.atomic import atomic_path, remove_stale_temporaries
-from samadapt.training.distributed import current
+from samadapt.runtime import current
 
 STATE_FILE = "state.pt"
 METRICS_FILE = "metrics.jsonl"

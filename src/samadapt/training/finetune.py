@@ -29,16 +29,16 @@ from samadapt.config import FinetuneConfig, config_to_dict, load_config, save_co
 from samadapt.data.prepared import PreparedDataset
 from samadapt.errors import ConfigError, SamadaptError
 from samadapt.evaluation.box_protocol import predict_with_boxes
-from samadapt.evaluation.metrics import dice
 from samadapt.io.atomic import is_temporary, write_json_atomic
 from samadapt.io.folder_lock import LOCK_FILE
-from samadapt.models.embedding_cache import EmbeddingCache, LiveEmbeddings, ensure_cache, resolve_device
+from samadapt.models.embedding_cache import EmbeddingCache, LiveEmbeddings, ensure_cache
 from samadapt.models.error_head import ERROR_HEAD_FILE, save_error_head
 from samadapt.models.lora import LoRALinear, add_lora, merge_lora
 from samadapt.models.preprocess import to_model_input
 from samadapt.models.sam import LoadedModel, load_sam, save_sam
+from samadapt.overlap import dice
 from samadapt.prompts.box_noise import BoxNoise
-from samadapt.training.distributed import setup
+from samadapt.runtime import resolve_device, setup
 from samadapt.training.engine import METRICS_FILE, STATE_FILE, EngineSettings, run_training
 from samadapt.training.multi_prompt import MultiPromptObjective
 from samadapt.training.phpg import PHPGObjective, phpg_objective_from_config
@@ -171,9 +171,7 @@ def _check_run_inputs(config: RunConfig) -> None:
         raise ConfigError(f"{prepared.root}: prepared at {prepared.image_size} px but model '{config.model}' takes "
                           f"{size} px; prepare with --image-size {size}")
     if hasattr(config, "has_apm"):  # a ProMISe run: its classes must be the data's
-        from samadapt.promise.adapt import adapter_classes
-
-        adapter_classes(config, prepared)
+        prepared.select_classes(config.classes, "adapt setting classes")
 
 
 def prepare_run_folder(run_dir: Path, config: RunConfig, resume: bool) -> RunConfig:

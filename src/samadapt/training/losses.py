@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from samadapt.overlap import dice_iou
+
 
 def focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
     """Sigmoid focal loss (Lin et al.), mean over pixels; SAM's choice."""
@@ -37,12 +39,9 @@ def bce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def mask_iou(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """IoU of thresholded masks (logit > 0) with the targets, per mask; empty-vs-empty counts 1."""
-    pred = logits > 0
-    targets = targets.bool()
-    inter = (pred & targets).flatten(-2).sum(-1).float()
-    union = (pred | targets).flatten(-2).sum(-1).float()
-    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+    """IoU (float32) of thresholded masks (logit > 0) with the targets, per ``HxW`` mask; empty-vs-empty counts 1
+    (:func:`samadapt.overlap.dice_iou`)."""
+    return dice_iou(logits > 0, targets.bool(), dtype=torch.float32)[1]
 
 
 def iou_head_loss(iou_predictions: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

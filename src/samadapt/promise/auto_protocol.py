@@ -51,7 +51,8 @@ import torch
 from samadapt.data.prepared import PreparedDataset, SliceObject
 from samadapt.errors import ConfigError, DatasetError
 from samadapt.evaluation.box_protocol import SlicePrediction
-from samadapt.evaluation.metrics import dice, iou, mean_scores, per_class_mean, segmentation_scores
+from samadapt.evaluation.markdown import markdown_table
+from samadapt.evaluation.metrics import mean_scores, per_class_mean, segmentation_scores
 from samadapt.evaluation.model_comparison import REPORT_MARKER, _check_out, model_labels
 from samadapt.evaluation.overlays import save_overlays
 from samadapt.evaluation.report import MethodResult, summary_table, write_report
@@ -76,22 +77,17 @@ from samadapt.evaluation.slice_store import (
 )
 from samadapt.inference.decode import decode
 from samadapt.io.atomic import atomic_dir, write_json_atomic
-from samadapt.models.embedding_cache import EmbeddingCache, ensure_cache, resolve_device
-from samadapt.models.sam import LoadedModel, load_sam, resolve_checkpoint
+from samadapt.models.embedding_cache import EmbeddingCache, ensure_cache
+from samadapt.models.sam import LoadedModel, load_sam, resolve_checkpoint, sam_digest
+from samadapt.overlap import dice, iou
 from samadapt.progress import BarFactory, as_progress, no_bars
-from samadapt.promise.adapter import (
-    PromiseAdapter,
-    load_adapter,
-    load_base_model,
-    read_adapter_sidecar,
-    sam_digest,
-)
+from samadapt.promise.adapter import PromiseAdapter, load_adapter, load_base_model, read_adapter_sidecar
 from samadapt.promise.apm import class_priors
 from samadapt.promise.objective import ground_truth_prompts, prompts_to
 from samadapt.promise.predict import automatic_masks, prompted_masks, to_model_frame
 from samadapt.promise.samples import class_boxes, promise_slices
 from samadapt.prompts.boxes import boxes_from_masks
-from samadapt.training.distributed import Ranks
+from samadapt.runtime import Ranks, resolve_device
 
 CENTRE = "frozen SAM, centre point"
 PRIOR = "frozen SAM, class-prior point"
@@ -146,7 +142,7 @@ def _pair_row(prepared: PreparedDataset, case_id: str, index: int, class_name: s
     if row["present"]:
         row.update(_scores(prepared, case_id, pred, truth, nsd_tolerance_mm))
     else:
-        row.update({"dice": 1.0 if not pred.any() else 0.0, "false_positive": bool(pred.any())})
+        row.update({"dice": dice(pred, truth), "false_positive": bool(pred.any())})  # 1 or 0: truth is empty
     return row
 
 
@@ -156,8 +152,7 @@ def _present(rows: list[dict]) -> list[dict]:
 
 def false_positive_table(methods: Sequence[AutoMethod], classes: list[str]) -> tuple[str, list[dict]]:
     """Markdown table of the false-positive rate per class (absent pairs) and its CSV rows."""
-    header = "| class | absent slices | " + " | ".join(m.name for m in methods) + " |"
-    lines, csv_rows = [header, "|" + "---|" * (len(methods) + 2)], []
+    table, csv_rows = [], []
     totals = {m.name: [0, 0] for m in methods}
     for name in classes:
         cells, n_absent = [], 0
@@ -172,10 +167,9 @@ def false_positive_table(methods: Sequence[AutoMethod], classes: list[str]) -> t
             cells.append("-" if not absent else f"{100 * rate:.0f}% ({area:.0f} px)")
             csv_rows.append({"method": m.name, "class": name, "absent_pairs": len(absent),
                              "false_positives": len(fp), "rate": rate, "mean_fp_area_px": area})
-        lines.append(f"| {name} | {n_absent} | " + " | ".join(cells) + " |")
-    overall = [f"{100 * fp / n:.0f}%" if n else "-" for fp, n in totals.values()]
-    lines.append("| **all classes** | | " + " | ".join(overall) + " |")
-    return "\n".join(lines), csv_rows
+        table.append([name, n_absent, *cells])
+    table.append(["**all classes**", "", *(f"{100 * fp / n:.0f}%" if n else "-" for fp, n in totals.values())])
+    return "\n".join(markdown_table(["class", "absent slices", *(m.name for m in methods)], table)), csv_rows
 
 
 def _pct(value: float) -> str:
@@ -186,8 +180,7 @@ def _all_pairs_and_3d(methods: Sequence[AutoMethod], classes: list[str], volumes
                       ) -> tuple[str, list[dict]]:
     """Markdown table: Dice over all pairs (empty convention) and 3D Dice per class (nan without ``volumes``:
     on a sample of slices); CSV rows."""
-    header = "| class | " + " | ".join(f"{m.name}: all slices / 3D" for m in methods) + " |"
-    lines, csv_rows = [header, "|" + "---|" * (len(methods) + 1)], []
+    table, csv_rows = [], []
     means = {m.name: ([], []) for m in methods}
     for name in classes:
         cells = []
@@ -208,11 +201,10 @@ def _all_pairs_and_3d(methods: Sequence[AutoMethod], classes: list[str], volumes
                 means[m.name][1].append(dice_3d)
             cells.append("-" if not rows else f"{_pct(all_dice)} / {_pct(dice_3d)}")
             csv_rows.append({"method": m.name, "class": name, "dice_all_slices": all_dice, "dice_3d": dice_3d})
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    mean_cells = [f"{_pct(np.mean(a) if a else math.nan)} / {_pct(np.mean(b) if b else math.nan)}"
-                  for a, b in means.values()]
-    lines.append("| **mean over classes** | " + " | ".join(mean_cells) + " |")
-    return "\n".join(lines), csv_rows
+        table.append([name, *cells])
+    table.append(["**mean over classes**", *(f"{_pct(np.mean(a) if a else math.nan)} / "
+                                             f"{_pct(np.mean(b) if b else math.nan)}" for a, b in means.values())])
+    return "\n".join(markdown_table(["class", *(f"{m.name}: all slices / 3D" for m in methods)], table)), csv_rows
 
 
 def _class_mean(rows: list[dict], metric: str = "dice") -> float:
@@ -242,13 +234,13 @@ def _cost_note(info: dict) -> str:
 
 def _adapter_table(adapters: Sequence[tuple[str, str, dict, PromiseAdapter]]) -> str:
     """Markdown table of each adapter's mode, trainable parameters and training time (from its sidecar)."""
-    lines = ["| adapter | mode | trainable parameters | steps | epochs | training time (s) | s per epoch |",
-             "|---|---|---|---|---|---|---|"]
+    rows = []
     for label, _, info, adapter in adapters:
         t = info.get("training", {})
-        cells = [info.get("mode", "?"), f"{adapter.trainable_parameter_count():,}", t.get("steps", "-"),
-                 t.get("epochs", "-"), t.get("wall_s", "-"), t.get("seconds_per_epoch", "-")]
-        lines.append(f"| {label} | " + " | ".join(str(c) for c in cells) + " |")
+        rows.append([label, info.get("mode", "?"), f"{adapter.trainable_parameter_count():,}", t.get("steps", "-"),
+                     t.get("epochs", "-"), t.get("wall_s", "-"), t.get("seconds_per_epoch", "-")])
+    lines = markdown_table(["adapter", "mode", "trainable parameters", "steps", "epochs", "training time (s)",
+                            "s per epoch"], rows)
     return "\n".join(lines) + "\n\nSAM itself: 0 trainable parameters (frozen; its weights' sha256 checked)."
 
 
@@ -534,7 +526,7 @@ def evaluate_automatic(
     job = _AutoJob(setup, {(c, i): objects for c, i, objects in chosen}, seed)
     started = time.perf_counter()
     with bars(f"eval automatic ({split})", len(chosen)) as bar:
-        per_slice = score_slices([(c, i) for c, i, _ in chosen], job, store, workers, bar.update)
+        per_slice = score_slices([(c, i) for c, i, _ in chosen], job, store, workers, as_progress(bar))
     for result in per_slice:
         for method in setup.methods:
             method.rows += result["automatic"][method.name]

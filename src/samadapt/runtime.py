@@ -1,4 +1,7 @@
-"""Data-parallel training on ``torch.distributed`` (launched by ``torchrun``), and the single-process default.
+"""Where a job runs: its ranks under ``torch.distributed`` (launched by ``torchrun``) and its device.
+
+A neutral module that every package may import (the embedding cache, the training engine, the evaluation
+protocols, the command line): it depends on nothing of samadapt but :mod:`samadapt.errors`.
 
 ``torchrun --nproc_per_node N -m samadapt train PREPARED --out RUN`` starts N processes; each one calls
 :func:`setup` (gloo on CPU; on CUDA NCCL for CUDA tensors and gloo for CPU tensors and objects, one GPU
@@ -7,7 +10,7 @@ per local rank). A step's micro-batch of
 *global* batch size and the engine sums the gradients over the ranks (:meth:`Ranks.sum_gradients`), so a
 step computes the same gradient as one process with the whole micro-batch. Rank 0 alone writes
 checkpoints, metrics and models; state that must agree across ranks (CBDP's loss scores) is gathered with
-:meth:`Ranks.gather`.
+:meth:`Ranks.gather`. :func:`resolve_device` turns a ``--device`` setting into a checked ``torch.device``.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from samadapt.errors import SamadaptError
+from samadapt.errors import ConfigError, SamadaptError
 
 
 @dataclass(frozen=True)
@@ -122,3 +125,16 @@ def setup(device: str) -> tuple[Ranks, str]:
     if world > 1 and device.startswith("cuda"):
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     return current(), device
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``device`` as a :class:`torch.device`; :class:`ConfigError` when it is malformed or not present."""
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device '{device}' is not a torch device; use cpu, cuda or cuda:<index>") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device '{device}' requested but no CUDA GPU is available; use --device cpu")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise ConfigError(f"device '{device}': only {torch.cuda.device_count()} CUDA device(s) here")
+    return resolved
