@@ -8,7 +8,7 @@ import math
 import pytest
 
 from samadapt.evaluation.markdown import markdown_table
-from samadapt.evaluation.report import MethodResult, mean_of_groups, per_case_table, summary_table
+from samadapt.evaluation.report import MethodResult, class_mean, mean_of_groups, per_case_table, summary_table
 
 
 def test_a_table_line_by_line():
@@ -47,3 +47,5 @@ def test_class_and_case_tables_follow_one_rule():
     assert by_class[0] == "| class | n | m |" and by_class[3] == "| tumour | 1 | - |"
     assert by_class[-1] == by_case[-1].replace("cases", "classes") == "| **mean over classes** | | 300.0 |"
     assert summary_table(methods, "dice").splitlines()[-1] == "| **mean over classes** | | 50.0 |"
+    assert class_mean(rows, "hd95") == 3.0 and class_mean(rows, "dice") == 0.5  # the JSON's figure: the same rule
+    assert math.isnan(class_mean(rows[1:2], "hd95")) and math.isnan(class_mean([], "dice"))

@@ -59,8 +59,8 @@ class InteractiveSettings:
 
 
 def overlap_scores(prediction: torch.Tensor, truth: torch.Tensor) -> dict[str, np.ndarray]:
-    """Dice and IoU of ``NxHxW`` bool masks against their truth, per mask (both empty: 1, as
-    :func:`samadapt.evaluation.metrics.dice`), computed together for the whole batch."""
+    """Dice and IoU of ``NxHxW`` bool masks against their truth, per mask (:func:`samadapt.overlap.dice_iou`: both
+    empty gives 1), computed together for the whole batch."""
     dice_values, iou_values = dice_iou(prediction, truth)
     return {"dice": dice_values.numpy(), "iou": iou_values.numpy()}
 

@@ -42,8 +42,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from samadapt.data.prepared import PreparedDataset
 from samadapt.errors import ConfigError, DatasetError
 from samadapt.evaluation.box_protocol import (
@@ -63,7 +61,7 @@ from samadapt.evaluation.prompt_protocols import (
     run_protocols,
     write_protocol_figures,
 )
-from samadapt.evaluation.report import MethodResult, per_case_table, summary_table, write_report
+from samadapt.evaluation.report import MethodResult, class_mean, per_case_table, summary_table, write_report
 from samadapt.evaluation.slice_sample import (
     INTERVAL_METHOD,
     bootstrap_estimate,
@@ -203,15 +201,9 @@ def _score_stream(prepared: PreparedDataset, predictions: Iterable[SlicePredicti
     return scores
 
 
-def _class_mean(rows: list[dict], metric: str) -> float:
-    """Mean over classes of the per-class means (as the summary tables' last row)."""
-    per_class = per_class_mean(rows)
-    return float(np.mean([v[metric] for v in per_class.values()])) if per_class else math.nan
-
-
 def _summary(rows: list[dict]) -> dict:
     return {"overall": mean_scores(rows), "per_class": per_class_mean(rows),
-            "mean_over_classes": {m: _class_mean(rows, m) for m in ("dice", "nsd")}}
+            "mean_over_classes": {m: class_mean(rows, m) for m in ("dice", "nsd")}}
 
 
 def _jitter_table(per_model: dict[str, dict[float, MethodScores]], jitters: Sequence[float], volume: bool) -> str:
@@ -220,7 +212,7 @@ def _jitter_table(per_model: dict[str, dict[float, MethodScores]], jitters: Sequ
         cells = []
         for j in jitters:
             rows = by_jitter[j].volume_rows if volume else by_jitter[j].rows
-            value = _class_mean(rows, "dice")
+            value = class_mean(rows, "dice")
             cells.append("-" if math.isnan(value) else f"{100 * value:.1f}")
         table.append([label, *cells])
     return "\n".join(markdown_table(["model", *(f"{_jitter_name(j)} px" for j in jitters)], table))
@@ -340,14 +332,14 @@ def evaluate_models(
                    for label in labels for j in levels for row in per_model[label][j].volume_rows]
     volume_rows += [{"method": BOX_FILL, "jitter_px": 0, **row} for row in fill.volume_rows]
     sensitivity = [{"method": label, "jitter_px": j,
-                    "dice_2d": _class_mean(s.rows, "dice"), "nsd_2d": _class_mean(s.rows, "nsd"),
-                    "dice_3d": _class_mean(s.volume_rows, "dice"), "nsd_3d": _class_mean(s.volume_rows, "nsd")}
+                    "dice_2d": class_mean(s.rows, "dice"), "nsd_2d": class_mean(s.rows, "nsd"),
+                    "dice_3d": class_mean(s.volume_rows, "dice"), "nsd_3d": class_mean(s.volume_rows, "nsd")}
                    for label in labels for j, s in per_model[label].items()]
 
     n_cases = len({c for c, _, _ in slices})
     n_objects = sum(len(objs) for _, _, objs in slices)
     at = f"jitter {_jitter_name(base)} px"
-    fill_dice = _class_mean(fill.rows, "dice")
+    fill_dice = class_mean(fill.rows, "dice")
     worst = levels[-1]  # robustness: the same Dice at the largest jitter, beside the tight-box one
 
     def robustness(label: str) -> dict:

@@ -49,6 +49,13 @@ def mean_of_groups(groups: Mapping[object, Mapping[str, float]], metric: str) ->
     return float(defined.mean()) if defined.size else None
 
 
+def class_mean(rows: Sequence[Mapping[str, object]], metric: str) -> float:
+    """Mean over classes of the per-class means of ``metric`` (the summary tables' last row; :func:`mean_of_groups`),
+    ``nan`` when no class has a value."""
+    mean = mean_of_groups(per_class_mean(rows, metrics=(metric,)), metric)
+    return math.nan if mean is None else mean
+
+
 def _group_table(methods: list[MethodResult], key: str, metric: str, means: Mapping[str, dict]) -> str:
     """One row per group of ``key`` (and their mean), one column per method, ``metric`` x 100."""
     groups = list(dict.fromkeys(row[key] for m in methods for row in m.rows))

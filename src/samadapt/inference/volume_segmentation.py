@@ -32,8 +32,9 @@ from samadapt.inference.propagation import PropagationSettings, propagate
 from samadapt.inference.segmenter import Segmenter
 from samadapt.inference.volume_prompts import VoxelBox, box_in_slice_frame, points_in_slice_frame, slice_range
 
-SliceProgress = Callable[[int], None]
-"""``on_slice(n)``: called with the number of slices just decoded."""
+OnSlice = Callable[[int], None]
+"""``on_slice(n)``: called with the number of slices just decoded, as they are decoded (propagation decides as it
+goes how many there will be, so there is no total to give as :data:`samadapt.progress.Progress` does)."""
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ def _per_slice_prompts(segmenter: Segmenter,
 
 def segment_volume(segmenter: Segmenter, prompts: list[VolumePrompt],
                    settings: PropagationSettings = PropagationSettings(),
-                   on_slice: SliceProgress | None = None) -> VolumeSegmentation:
+                   on_slice: OnSlice | None = None) -> VolumeSegmentation:
     """Segment the volume set on ``segmenter`` (:meth:`Segmenter.set_volume`) from ``prompts``."""
     volume = segmenter.volume
     if volume is None:
@@ -181,7 +182,7 @@ class AutoSettings:
 
 def segment_volume_auto(segmenter: Segmenter, classes: list[str] | None = None,
                         settings: AutoSettings = AutoSettings(),
-                        on_slice: SliceProgress | None = None) -> VolumeSegmentation:
+                        on_slice: OnSlice | None = None) -> VolumeSegmentation:
     """Segment every slice automatically with the Segmenter's ProMISe adapter; class ``c`` gets value ``index + 1``.
 
     ``classes``: names among ``segmenter.classes`` to segment (default: all).

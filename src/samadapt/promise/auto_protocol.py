@@ -55,7 +55,7 @@ from samadapt.evaluation.markdown import markdown_table
 from samadapt.evaluation.metrics import mean_scores, per_class_mean, segmentation_scores
 from samadapt.evaluation.model_comparison import REPORT_MARKER, _check_out, model_labels
 from samadapt.evaluation.overlays import save_overlays
-from samadapt.evaluation.report import MethodResult, summary_table, write_report
+from samadapt.evaluation.report import MethodResult, class_mean, summary_table, write_report
 from samadapt.evaluation.slice_sample import (
     INTERVAL_METHOD,
     Estimate,
@@ -205,11 +205,6 @@ def _all_pairs_and_3d(methods: Sequence[AutoMethod], classes: list[str], volumes
     table.append(["**mean over classes**", *(f"{_pct(np.mean(a) if a else math.nan)} / "
                                              f"{_pct(np.mean(b) if b else math.nan)}" for a, b in means.values())])
     return "\n".join(markdown_table(["class", *(f"{m.name}: all slices / 3D" for m in methods)], table)), csv_rows
-
-
-def _class_mean(rows: list[dict], metric: str = "dice") -> float:
-    per_class = per_class_mean(rows, metrics=(metric,))
-    return float(np.mean([v[metric] for v in per_class.values()])) if per_class else math.nan
 
 
 def _adapter_label(path: str, info: dict, taken: set[str]) -> str:
@@ -610,12 +605,12 @@ def _write(setup: _Setup, out: Path, seed: int, eval_s: float, sample: dict, sto
         "adapters": [{"label": label, "path": path, "mode": info.get("mode"), "training": info.get("training", {})}
                      for label, path, info, _ in setup.adapters],
         "references": [label for label, _, _ in setup.references],
-        "automatic": {m.name: {"kind": m.kind, "present": {"mean_over_classes": _class_mean(_present(m.rows)),
+        "automatic": {m.name: {"kind": m.kind, "present": {"mean_over_classes": class_mean(_present(m.rows), "dice"),
                                                            "overall": mean_scores(_present(m.rows)),
                                                            "per_class": per_class_mean(_present(m.rows))},
                                "false_positive_rate": _fp_rate(m.rows)} for m in methods_all},
         "all_slices_and_3d": all_rows, "false_positives": fp_rows,
-        "promptable": {name: {"mean_over_classes": _class_mean(m.rows), "per_class": per_class_mean(m.rows)}
+        "promptable": {name: {"mean_over_classes": class_mean(m.rows, "dice"), "per_class": per_class_mean(m.rows)}
                        for name, m in setup.prompted.items()},
         "eval_s": round(eval_s, 1),
         "estimates": estimates_json(estimates, sample),
