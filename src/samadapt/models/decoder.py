@@ -166,7 +166,7 @@ class SamDecoder:
         decoder = self.sam.mask_decoder
         shift = self.shift_for(embedding)
         if shift is None:
-            return getattr(decoder, method)(**kwargs)
+            return _call(decoder, method, kwargs)
         tokens = decoder.mask_tokens.weight
         shifted = {f"decoder.{MASK_TOKENS}": tokens + shift.to(tokens.dtype)}
         return functional_call(_DecoderMethod(decoder), shifted, args=(method,), kwargs=kwargs)
@@ -181,4 +181,9 @@ class _DecoderMethod(nn.Module):
         self.decoder = decoder
 
     def forward(self, method: str, **kwargs: Any) -> Any:
-        return getattr(self.decoder, method)(**kwargs)
+        return _call(self.decoder, method, kwargs)
+
+
+def _call(decoder: nn.Module, method: str, kwargs: dict) -> Any:
+    """``decoder(**kwargs)`` for ``forward`` (through ``nn.Module.__call__``: hooks run), else the method."""
+    return decoder(**kwargs) if method == "forward" else getattr(decoder, method)(**kwargs)
