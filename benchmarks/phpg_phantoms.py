@@ -46,11 +46,11 @@ from samadapt.evaluation.interactive_protocol import (  # noqa: E402
 )
 from samadapt.evaluation.model_comparison import evaluate_models  # noqa: E402
 from samadapt.evaluation.protocol_slices import protocol_slices  # noqa: E402
-from samadapt.inference.decode import upscale_logits  # noqa: E402
-from samadapt.inference.region_decode import decode_regions, pick_outputs  # noqa: E402
 from samadapt.io.atomic import write_json_atomic  # noqa: E402
+from samadapt.models.decoder import SamDecoder, upscale_logits  # noqa: E402
 from samadapt.models.embedding_cache import open_cache  # noqa: E402
 from samadapt.models.error_head import error_probability, load_error_head, suggest_next_clicks  # noqa: E402
+from samadapt.models.region_decode import pick_outputs  # noqa: E402
 from samadapt.models.sam import load_sam  # noqa: E402
 from samadapt.prompts.box_behaviours import TightBox  # noqa: E402
 from samadapt.prompts.boxes import boxes_from_masks, masks_from_boxes  # noqa: E402
@@ -120,7 +120,7 @@ def error_head_study(model_path: Path, head_path: Path, prepared, max_slices: in
             break
         slices += 1
         prompts = TightBox()(item.truth, torch.Generator())
-        low, iou = decode_regions(loaded.sam, item.embedding, prompts)
+        low, iou = SamDecoder(loaded.sam).all_outputs(item.embedding, prompts)
         chosen, chosen_iou, _ = pick_outputs(low, iou, prompts.ambiguous)
         logits = upscale_logits(chosen, size)
         current = item.crop(logits > 0)
@@ -146,7 +146,7 @@ def error_head_study(model_path: Path, head_path: Path, prepared, max_slices: in
                   "uncertainty": (doubt_points, doubt_labels), "oracle": oracle}
         for name, click in clicks.items():
             refined = prompts if click is None else prompts.with_clicks(*click)
-            low2, iou2 = decode_regions(loaded.sam, item.embedding, refined, previous_logits_prompt(chosen))
+            low2, iou2 = SamDecoder(loaded.sam).all_outputs(item.embedding, refined, previous_logits_prompt(chosen))
             chosen2, _, _ = pick_outputs(low2, iou2, refined.ambiguous)
             scores[name] += overlap_scores(item.crop(upscale_logits(chosen2, size) > 0), item.truth)["dice"].tolist()
     return {"objects": len(scores["box"]), "slices": slices,

@@ -18,7 +18,7 @@ import torch
 
 from perf.machine_bound import decoder_flops
 from perf.timing import median_seconds, sig
-from samadapt.inference.decode import decode
+from samadapt.models.decoder import SamDecoder
 from samadapt.models.registry import REGISTRY
 from samadapt.models.sam import LoadedModel, build_sam, load_sam
 
@@ -59,17 +59,18 @@ def _onnx_latency(loaded: LoadedModel, counts: tuple[int, ...], repeats: int) ->
 
 def torch_latencies(loaded: LoadedModel, counts: tuple[int, ...], repeats: int, cpu_flops_per_s: float
                     ) -> tuple[list[dict], list[float]]:
-    """(rows, median seconds) of :func:`~samadapt.inference.decode.decode` for each prompt count."""
+    """(rows, median seconds) of :class:`~samadapt.models.decoder.SamDecoder` for each prompt count."""
     spec = loaded.spec
     g = spec.embedding_size
     embedding = torch.randn(1, spec.prompt_embed_dim, g, g, generator=torch.Generator().manual_seed(0))
+    decoder = SamDecoder(loaded.sam)
     rows, medians = [], []
     for n in counts:
         boxes = _boxes(n, spec.image_size)
 
         def run(boxes: torch.Tensor = boxes) -> None:
             with torch.inference_mode():
-                decode(loaded.sam, embedding, boxes=boxes)
+                decoder(embedding, boxes=boxes)
 
         median = median_seconds(run, repeats, warmup=2)[0]
         medians.append(median)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from samadapt.inference.decode import decode
+from samadapt.models.decoder import SamDecoder
 from samadapt.models.registry import REGISTRY
 from samadapt.models.sam import build_sam
 
@@ -68,4 +68,4 @@ def decoder_flops(name: str, n_prompts: int) -> int:
     g = spec.embedding_size
     embedding = torch.zeros(1, spec.prompt_embed_dim, g, g, device="meta")
     boxes = torch.zeros(n_prompts, 4, device="meta")
-    return count_flops(lambda: decode(sam, embedding, boxes=boxes))  # no no_grad: the flop counter's hooks need it
+    return count_flops(lambda: SamDecoder(sam)(embedding, boxes=boxes))  # no no_grad: the flop counter's hooks need it

@@ -19,7 +19,7 @@ from samadapt.export.onnx_decoder import (
     onnx_session,
     sidecar_path,
 )
-from samadapt.inference.decode import decode, upscale_logits
+from samadapt.models.decoder import SamDecoder, upscale_logits
 from samadapt.models.registry import REGISTRY
 from samadapt.models.sam import build_sam, load_sam, sam_digest, save_sam
 from samadapt.promise.adapter import AdapterSpec, PromiseAdapter, save_adapter
@@ -66,7 +66,7 @@ def test_tiny_decoder_matches_torch_for_any_number_of_prompts(tmp_path: Path):
         "image_embeddings": embedding.numpy(), "point_coords": coords, "point_labels": labels,
         "mask_input": np.zeros((1, 1, 64, 64), np.float32), "has_mask_input": np.zeros(1, np.float32)})
     with torch.inference_mode():
-        low_ref, _ = decode(loaded.sam, embedding, boxes=boxes)
+        low_ref, _ = SamDecoder(loaded.sam)(embedding, boxes=boxes)
     assert low.shape == (2, 1, 64, 64) and iou.shape == (2, 1) and logits.shape == (2, 1, 256, 256)
     assert np.abs(logits - upscale_logits(low_ref, 256).numpy()).max() < TOLERANCE
 

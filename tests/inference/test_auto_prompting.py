@@ -11,11 +11,10 @@ import torch
 
 from samadapt.data.frame import frame_shape, to_model_frame_image
 from samadapt.errors import CheckpointError, ConfigError
-from samadapt.inference.decode import decode
 from samadapt.inference.segmenter import Segmenter
 from samadapt.inference.volume_segmentation import AutoSettings, segment_volume_auto
+from samadapt.models.decoder import SamDecoder
 from samadapt.models.embedding_cache import encode_slices
-from samadapt.promise import decode_with_shift
 
 H, W = 48, 64
 
@@ -44,8 +43,7 @@ def test_predict_auto_is_the_apm_points_decoded_with_the_ips_shift(adapter_run, 
     emb, feats = torch.from_numpy(emb).float(), torch.from_numpy(feats).float()
     with torch.inference_mode():
         points, labels = adapter.auto_points(feats, 1)
-        low, iou = decode_with_shift(sam, emb, adapter.token_shift(emb), points=(points, labels),
-                                     multimask=adapter.multimask)
+        low, iou = SamDecoder(sam, adapter.token_shift(emb))(emb, points=(points, labels), multimask=adapter.multimask)
         masks = sam.postprocess_masks(low[:, :1], valid, (H, W)) > 0
     assert got.masks.shape == (1, 1, H, W)
     np.testing.assert_array_equal(got.masks, masks.numpy())
@@ -64,8 +62,8 @@ def test_prompted_masks_use_the_adapters_shift(adapter_run, micro_run, image):
     emb = torch.from_numpy(adapted.embedding().embedding).float()
     box = torch.tensor([[5.0, 5.0, 40.0, 30.0]])
     with torch.inference_mode():
-        expected, _ = decode_with_shift(adapted.sam, emb, adapted.adapter.token_shift(emb), boxes=box)
-        unshifted, _ = decode(plain.sam, emb, boxes=box)
+        expected, _ = SamDecoder(adapted.sam, adapted.adapter.token_shift(emb))(emb, boxes=box)
+        unshifted, _ = SamDecoder(plain.sam)(emb, boxes=box)
     np.testing.assert_allclose(shifted.numpy(), expected.numpy(), atol=1e-5)
     np.testing.assert_allclose(plain.predict(boxes=[5, 5, 40, 30]).low_res_logits.numpy(), unshifted.numpy(), atol=1e-5)
     assert not torch.allclose(shifted, unshifted)
@@ -123,3 +121,31 @@ def test_segment_cli_runs_the_adapter_without_prompts(adapter_run, phantom_files
     bad = CliRunner().invoke(app, ["segment", str(phantom_files[0]), "--auto", "--adapter", str(adapter_run),
                                    "--out", str(out), "--set", "auto.colour=red"])
     assert bad.exit_code == 2 and "unknown setting" in bad.stderr
+
+
+def test_predict_auto_and_the_evaluations_automatic_masks_follow_one_rule(adapter_run):
+    """Segmenter.predict_auto (segment --auto, the web app) and promise.predict.automatic_masks (adapt's
+    validation, eval --prompts auto) give the same masks and the same presence gate. On an image of the model's
+    own size both frames coincide; pixels whose logit is within 1e-4 of the threshold may differ by float
+    rounding between one batched and one single-prompt decoder pass, and are not compared."""
+    from samadapt.promise.predict import automatic_masks
+
+    segmenter = Segmenter.from_model(None, adapter=adapter_run)
+    adapter, sam, size = segmenter.adapter, segmenter.sam, segmenter.image_size
+    segmenter.set_image(np.random.default_rng(3).integers(0, 255, (size, size), dtype=np.uint8))
+    cached = segmenter.embedding()
+    emb, feats = torch.from_numpy(cached.embedding).float(), torch.from_numpy(cached.features).float()
+    _, presence = automatic_masks(adapter, sam, emb, feats, (size, size), None)
+    assert presence is not None and presence.shape == (2,) and presence[0] != presence[1]
+    between = float(presence.mean())  # one class kept, the other emptied by the presence gate
+    for threshold in (None, between):
+        masks, _ = automatic_masks(adapter, sam, emb, feats, (size, size), threshold)
+        for k, name in enumerate(adapter.classes):
+            got = segmenter.predict_auto(name, presence_threshold=threshold)
+            assert got.presence[0] == pytest.approx(float(presence[k]), abs=1e-6)
+            logits = sam.postprocess_masks(got.low_res_logits[:, :1], (size, size), (size, size))[0, 0]
+            clear = logits.abs().numpy() > 1e-4
+            np.testing.assert_array_equal(got.masks[0, 0][clear], masks[k].numpy()[clear])
+            emptied = threshold is not None and float(presence[k]) < threshold
+            assert emptied == (not masks[k].any()) == (not got.masks.any())
+    assert masks[0].any() != masks[1].any()

@@ -11,9 +11,9 @@ from segment_anything.utils.transforms import ResizeLongestSide
 
 from samadapt.data.frame import frame_shape, to_model_frame_image
 from samadapt.errors import CheckpointError, ConfigError, PromptError
-from samadapt.inference.decode import decode
 from samadapt.inference.embedding_lru import EmbeddingLRU, SliceEmbedding
 from samadapt.inference.segmenter import Segmenter
+from samadapt.models.decoder import SamDecoder
 from samadapt.models.embedding_cache import encode_slices
 
 H, W = 100, 150  # non-square: the model frame pads rows
@@ -36,7 +36,7 @@ def direct(tiny, image: np.ndarray, boxes=None, points=None, labels=None, multim
         torch.from_numpy(transform.apply_coords(np.asarray(points, float), (H, W))).float(),
         torch.as_tensor(labels).long())
     with torch.inference_mode():
-        low, iou = decode(tiny.sam, torch.from_numpy(emb).float(), points=p, boxes=b, multimask=multimask)
+        low, iou = SamDecoder(tiny.sam)(torch.from_numpy(emb).float(), points=p, boxes=b, multimask=multimask)
         logits = tiny.sam.postprocess_masks(low, valid, (H, W))
     return (logits > 0).numpy(), iou.numpy(), low
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from samadapt.inference.decode import decode, upscale_logits
+from samadapt.models.decoder import SamDecoder, upscale_logits
 from samadapt.models.preprocess import to_model_input
 from samadapt.models.registry import REGISTRY
 from samadapt.models.sam import build_sam
@@ -53,19 +53,19 @@ def test_decode_shapes_for_each_prompt_kind():
     embedding = sam.image_encoder(to_model_input(image[None], SPEC))
     assert embedding.shape == (1, SPEC.prompt_embed_dim, SPEC.embedding_size, SPEC.embedding_size)
     boxes = torch.tensor([[10.0, 12.0, 30.0, 32.0], [36.0, 30.0, 55.0, 51.0], [0.0, 0.0, 63.0, 63.0]])
-    low, iou = decode(sam, embedding, boxes=boxes)
+    low, iou = SamDecoder(sam)(embedding, boxes=boxes)
     assert low.shape == (3, 1, LOW, LOW) and iou.shape == (3, 1)
-    low3, iou3 = decode(sam, embedding, boxes=boxes, multimask=True)
+    low3, iou3 = SamDecoder(sam)(embedding, boxes=boxes, multimask=True)
     assert low3.shape == (3, 3, LOW, LOW) and iou3.shape == (3, 3)
     points = torch.tensor([[[20.5, 22.5], [0.0, 0.0]], [[45.5, 40.5], [20.5, 22.5]]])  # Nx2x2, XY
     labels = torch.tensor([[1, -1], [1, 0]])
-    low_p, iou_p = decode(sam, embedding, points=(points, labels))
+    low_p, iou_p = SamDecoder(sam)(embedding, points=(points, labels))
     assert low_p.shape == (2, 1, LOW, LOW) and iou_p.shape == (2, 1)
-    low_p3, _ = decode(sam, embedding, points=(points, labels), multimask=True)
+    low_p3, _ = SamDecoder(sam)(embedding, points=(points, labels), multimask=True)
     assert low_p3.shape == (2, 3, LOW, LOW)
-    low_m, iou_m = decode(sam, embedding, mask_logits=low_p[:, :1])
+    low_m, iou_m = SamDecoder(sam)(embedding, mask_logits=low_p[:, :1])
     assert low_m.shape == (2, 1, LOW, LOW) and iou_m.shape == (2, 1)
-    low_all, _ = decode(sam, embedding, points=(points, labels), boxes=boxes[:2], mask_logits=low_p)
+    low_all, _ = SamDecoder(sam)(embedding, points=(points, labels), boxes=boxes[:2], mask_logits=low_p)
     assert low_all.shape == (2, 1, LOW, LOW)
     # prompts matter: different boxes give different masks
     assert not torch.allclose(low[0], low[1])

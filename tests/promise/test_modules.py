@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from samadapt.inference.decode import decode
+from samadapt.models.decoder import SamDecoder
 from samadapt.models.registry import REGISTRY
 from samadapt.models.sam import build_sam
-from samadapt.promise import AdapterSpec, PromiseAdapter, decode_with_shift
+from samadapt.promise import AdapterSpec, PromiseAdapter
 from samadapt.promise.apm import class_priors, initial_point_layout
 
 SPEC = REGISTRY["test_micro"]  # 64 px input, 4x4 grid, encoder width 32, decoder width 32
@@ -82,18 +82,18 @@ def test_initial_layout_follows_the_class_prior():
 def test_shift_changes_the_frozen_decoders_output_and_only_through_the_tokens(sam):
     _, embedding = _inputs(1)
     box = torch.tensor([[8.0, 8.0, 40.0, 44.0]])
-    plain, plain_iou = decode(sam, embedding, boxes=box, multimask=True)
-    zero, zero_iou = decode_with_shift(sam, embedding, torch.zeros(1, 4, SPEC.prompt_embed_dim), boxes=box,
+    plain, plain_iou = SamDecoder(sam)(embedding, boxes=box, multimask=True)
+    zero, zero_iou = SamDecoder(sam, torch.zeros(1, 4, SPEC.prompt_embed_dim))(embedding, boxes=box,
                                        multimask=True)
     assert torch.equal(plain, zero) and torch.equal(plain_iou, zero_iou)
     shift = torch.randn((1, 4, SPEC.prompt_embed_dim), generator=torch.Generator().manual_seed(5))
-    shifted, _ = decode_with_shift(sam, embedding, shift, boxes=box, multimask=True)
+    shifted, _ = SamDecoder(sam, shift)(embedding, boxes=box, multimask=True)
     assert shifted.shape == plain.shape and (shifted - plain).abs().max() > 1e-3
     assert sam.mask_decoder.mask_tokens.weight.requires_grad is False  # SAM's own tensor untouched
-    again, _ = decode(sam, embedding, boxes=box, multimask=True)
+    again, _ = SamDecoder(sam)(embedding, boxes=box, multimask=True)
     assert torch.equal(again, plain)
     with pytest.raises(ValueError, match="mask tokens"):
-        decode_with_shift(sam, embedding, torch.zeros(1, 3, SPEC.prompt_embed_dim), boxes=box)
+        SamDecoder(sam, torch.zeros(1, 3, SPEC.prompt_embed_dim))(embedding, boxes=box)
 
 
 def test_gradients_reach_apm_and_ips_through_the_frozen_sam_only(sam):
@@ -101,7 +101,7 @@ def test_gradients_reach_apm_and_ips_through_the_frozen_sam_only(sam):
     torch.nn.init.normal_(adapter.ips.mlp[2].weight, std=0.1)  # zero-initialised output: give the first layer grad
     features, embedding = _inputs(1)
     points, labels = adapter.auto_points(features, 0)
-    low_res, _ = decode_with_shift(sam, embedding, adapter.token_shift(embedding), points=(points, labels),
+    low_res, _ = SamDecoder(sam, adapter.token_shift(embedding))(embedding, points=(points, labels),
                                    multimask=True)
     low_res[:, 0].sigmoid().mean().backward()
     for name, param in adapter.named_parameters():
@@ -116,4 +116,4 @@ def test_untrained_ips_is_frozen_sam_exactly(sam):
     shift = adapter.token_shift(embedding)
     assert torch.count_nonzero(shift) == 0
     box = torch.tensor([[4.0, 4.0, 30.0, 30.0]])
-    assert torch.equal(decode_with_shift(sam, embedding, shift, boxes=box)[0], decode(sam, embedding, boxes=box)[0])
+    assert torch.equal(SamDecoder(sam, shift)(embedding, boxes=box)[0], SamDecoder(sam)(embedding, boxes=box)[0])

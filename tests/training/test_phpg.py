@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from samadapt.cli import app
 from samadapt.config import FinetuneConfig
-from samadapt.inference.region_decode import decode_regions
+from samadapt.models.decoder import SamDecoder
 from samadapt.models.error_head import load_error_head
 from samadapt.models.sam import load_sam, read_state_dict
 from samadapt.prompts.behaviour_mixture import first_mixture
@@ -93,7 +93,7 @@ def test_a_single_click_takes_the_best_of_sams_three_outputs(sam):
     losses, _, _ = objective.slice_losses(sam, sample, torch.Generator())
     prompts = CentreClick()(sample.masks, torch.Generator())
     with torch.no_grad():
-        low, iou = decode_regions(sam, sample.embedding, prompts)
+        low, iou = SamDecoder(sam).all_outputs(sample.embedding, prompts)
         logits = F.interpolate(low, (64, 64), mode="bilinear", align_corners=False)
         target = sample.masks[:, None].float().expand_as(logits)
         per_output = dice_loss(logits, target) + bce_loss(logits, target) + iou_head_loss(iou, logits, target > 0.5)

@@ -17,7 +17,7 @@ from segment_anything.modeling import Sam
 
 from samadapt.data.prepared import PreparedDataset, SliceObject
 from samadapt.evaluation.metrics import segmentation_scores
-from samadapt.inference.decode import decode, upscale_logits
+from samadapt.models.decoder import SamDecoder, upscale_logits
 from samadapt.models.embedding_cache import EmbeddingCache
 from samadapt.prompts.boxes import boxes_from_masks, jitter_boxes_uniform, masks_from_boxes
 
@@ -66,7 +66,7 @@ def predict_with_boxes(
         truth = np.stack([prepared.object_mask(case_id, obj) for obj in objects])
         boxes = jitter_boxes_uniform(boxes_from_masks(torch.as_tensor(truth)), jitter_px, generator, image_size)
         embedding = torch.tensor(np.array(cache.embeddings(case_id)[index : index + 1]), dtype=torch.float32)
-        low_res, _ = decode(sam, embedding.to(device), boxes=boxes.to(device))
+        low_res, _ = SamDecoder(sam)(embedding.to(device), boxes=boxes.to(device))
         predicted = (upscale_logits(low_res[:, 0], image_size) > 0).cpu().numpy()
         predicted[:, valid_h:, :] = False
         predicted[:, :, valid_w:] = False

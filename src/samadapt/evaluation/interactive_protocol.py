@@ -33,9 +33,9 @@ from samadapt.evaluation.markdown import markdown_table
 from samadapt.evaluation.protocol_slices import ProtocolSlice, load_protocol_slice, object_row
 from samadapt.evaluation.slice_sample import Estimate, bootstrap_estimate
 from samadapt.evaluation.slice_store import SliceKey, SliceStore, score_slices
-from samadapt.inference.decode import upscale_logits
-from samadapt.inference.region_decode import decode_regions, pick_outputs
+from samadapt.models.decoder import SamDecoder, upscale_logits
 from samadapt.models.embedding_cache import EmbeddingCache
+from samadapt.models.region_decode import pick_outputs
 from samadapt.overlap import dice_iou
 from samadapt.progress import Progress
 from samadapt.prompts.corrections import LargestErrorClick, previous_logits_prompt
@@ -100,7 +100,7 @@ def click_session(
     for k in range(1, settings.max_clicks + 1):
         points, labels = user(prediction, truth, unused)
         prompts = prompts.with_clicks(points, labels)
-        low_res, iou_pred = decode_regions(sam, embedding, prompts.to(device), previous)
+        low_res, iou_pred = SamDecoder(sam).all_outputs(embedding, prompts.to(device), previous)
         chosen, _, _ = pick_outputs(low_res, iou_pred, prompts.ambiguous)
         previous = previous_logits_prompt(chosen)
         prediction = item.crop((upscale_logits(chosen.float(), image_size) > 0).cpu())

@@ -30,9 +30,9 @@ from samadapt.evaluation.markdown import markdown_table
 from samadapt.evaluation.protocol_slices import load_protocol_slice, object_row
 from samadapt.evaluation.slice_sample import Estimate, bootstrap_estimate
 from samadapt.evaluation.slice_store import SliceKey, SliceStore, score_slices, slice_seed
-from samadapt.inference.decode import upscale_logits
-from samadapt.inference.region_decode import decode_regions, pick_outputs
+from samadapt.models.decoder import SamDecoder, upscale_logits
 from samadapt.models.embedding_cache import EmbeddingCache
+from samadapt.models.region_decode import pick_outputs
 from samadapt.overlap import dice
 from samadapt.progress import Progress
 from samadapt.prompts.box_behaviours import LooseBox, NoisyBox, PartialBox, ShiftedBox, TightBox
@@ -70,7 +70,7 @@ class RobustnessJob:
         rows = []
         for i, (name, behaviour) in enumerate(self.behaviours.items()):
             prompts = behaviour(item.truth, _generator(self.seed, i, key), item.truth)
-            low_res, iou_pred = decode_regions(self.sam, embedding, prompts.to(device))
+            low_res, iou_pred = SamDecoder(self.sam).all_outputs(embedding, prompts.to(device))
             chosen, _, _ = pick_outputs(low_res, iou_pred, prompts.ambiguous)
             predicted = item.crop((upscale_logits(chosen.float(), image_size) > 0).cpu()).numpy()
             for obj, pred, gt in zip(item.objects, predicted, truth, strict=True):

@@ -3,7 +3,7 @@
 The exported graph is the cheap half of SAM, the part that runs once per prompt batch on a cached image
 embedding (the image encoder runs once per image and stays in torch, or in the embedding cache). It is
 ``segment_anything``'s own :class:`~segment_anything.utils.onnx.SamOnnxModel` (its traceable point and mask
-embedding), subclassed to return what :func:`samadapt.inference.decode.decode` returns and to add IPS:
+embedding), subclassed to return what a :class:`samadapt.models.decoder.Decoder` returns and to add IPS:
 
 Inputs (all float32):
 
@@ -19,11 +19,11 @@ Inputs (all float32):
 
 Outputs: ``low_res_logits`` ``NxKx4gx4g`` and ``iou_predictions`` ``NxK`` (``K`` = 1, or 3 with
 ``multimask``: SAM's ambiguity outputs), plus ``logits`` ``NxKxSxS`` (bilinear to the model-input frame,
-as :func:`~samadapt.inference.decode.upscale_logits`) when exported with ``upscale``.
+as :func:`~samadapt.models.decoder.upscale_logits`) when exported with ``upscale``.
 
 With a ProMISe adapter that has IPS (``samadapt.promise``), its shift ``adapter.token_shift(embedding)``
 (``1xTxC``) is computed inside the graph from ``image_embeddings`` and added to the mask tokens, as
-:func:`samadapt.promise.shifted_decoder.decode_with_shift` does; its APM (points from encoder features) is
+:class:`samadapt.models.decoder.SamDecoder` does; its APM (points from encoder features) is
 not part of this graph. A ``<out>.json`` sidecar (``decoder.onnx.json``) records the model, shapes,
 conventions and the parity.
 
@@ -46,6 +46,7 @@ from torch import nn
 
 from samadapt.errors import CheckpointError, ConfigError
 from samadapt.io.atomic import atomic_path, write_json_atomic
+from samadapt.models.decoder import SamDecoder
 from samadapt.models.sam import LoadedModel, load_sam
 
 INPUTS = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input")
@@ -77,7 +78,7 @@ class DecoderGraph(SamOnnxModel):
                   "multimask_output": self.multimask}
         if self.token_shift is None:
             low_res, iou = decoder(**kwargs)
-        else:  # the tracer refuses torch.func.functional_call (decode_with_shift's way): swap the tokens
+        else:  # the tracer refuses torch.func.functional_call (SamDecoder's way): swap the tokens
             tokens = decoder.mask_tokens
             decoder.mask_tokens = _ShiftedTokens(tokens.weight + self.token_shift(image_embeddings)[0])
             try:
@@ -224,7 +225,7 @@ def export_decoder(
         "architecture": spec.architecture(), "image_size": spec.image_size,
         "embedding_shape": [1, spec.prompt_embed_dim, spec.embedding_size, spec.embedding_size],
         "low_res_size": spec.low_res_mask_size, "inputs": list(INPUTS), "outputs": outputs,
-        "multimask": multimask, "mask_index": int(getattr(adapter, "mask_index", 0)), "ips": has_ips,
+        "multimask": multimask, "mask_index": 0, "ips": has_ips,  # the output read: always the first
         "adapter_base_model": getattr(adapter, "base_model", None),
         "prompts": "point_coords NxPx2 XY model-input px; point_labels 1 pos, 0 neg, 2/3 box corners, -1 pad",
         "opset": opset, "exporter": EXPORTER, "torch": torch.__version__,
@@ -275,13 +276,11 @@ def decode_reference(
     points: tuple[torch.Tensor, torch.Tensor] | None = None, boxes: torch.Tensor | None = None,
     mask_logits: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The torch model's low-res logits ``NxKx4gx4g`` and IoU ``NxK`` for the same prompts (the parity target)."""
-    from samadapt.promise.shifted_decoder import decode_with_shift
-
+    """The torch model's low-res logits ``NxKx4gx4g`` and IoU ``NxK`` for the same prompts (the parity target:
+    :meth:`SamDecoder.for_adapter <samadapt.models.decoder.SamDecoder.for_adapter>`)."""
     with torch.inference_mode():
-        shift = adapter.token_shift(embedding) if adapter is not None else None
-        return decode_with_shift(loaded.sam, embedding, shift, points=points, boxes=boxes, mask_logits=mask_logits,
-                                 multimask=multimask)
+        return SamDecoder.for_adapter(loaded.sam, adapter)(embedding, points=points, boxes=boxes,
+                                                           mask_logits=mask_logits, multimask=multimask)
 
 
 def check_parity(

@@ -1,6 +1,8 @@
 """Inference: embed once, decode many prompts.
 
-- :mod:`~samadapt.inference.decode`: one decoder pass for N prompts on one embedding.
+- decoding is :class:`samadapt.models.decoder.Decoder` (torch :class:`~samadapt.models.decoder.SamDecoder`,
+  or onnxruntime :class:`~samadapt.inference.onnx_decoding.OnnxDecoding`); automatic masks follow
+  :mod:`samadapt.promise.automatic`.
 - :mod:`~samadapt.inference.segmenter`: :class:`~samadapt.inference.segmenter.Segmenter` (``set_image`` /
   ``set_volume``, ``predict``, ``predict_auto``) over models of the registry, ``.pth`` files and run folders.
 - :mod:`~samadapt.inference.volume_slices`, :mod:`~samadapt.inference.volume_prompts`,

@@ -1,4 +1,4 @@
-"""Prompt decoding in onnxruntime: SAM's prompt encoder + mask decoder as a drop-in for ``decode``.
+"""Prompt decoding in onnxruntime: the ONNX :class:`~samadapt.models.decoder.Decoder`.
 
 On a CPU, eager PyTorch spends much of a single prompt's decoder call in per-operator overhead, and SAM's
 decoder projects the whole image embedding for every prompt. :class:`OnnxDecoding` runs the decoder split
@@ -6,8 +6,9 @@ in two (:mod:`samadapt.export.split_decoder`): a per-image graph computes what d
 prompt (the first attention block's image-side projections, the output tokens with the adapter's IPS
 shift), kept in memory for the last ``cached_images`` embeddings; a per-prompt graph does the rest with
 the projections moved to the few prompt tokens. Both are exported into a private temporary folder (one
-prompt graph per ``multimask`` value) and answer exactly what :func:`samadapt.inference.decode.decode` (or
-``decode_with_shift`` with the adapter's shift) answers, within float tolerance (tested). CPU only:
+prompt graph per ``multimask`` value) and answer exactly what the torch decoder
+(:meth:`SamDecoder.for_adapter(sam, adapter) <samadapt.models.decoder.SamDecoder.for_adapter>`) answers, within
+float tolerance (tested). CPU only:
 onnxruntime runs the CPU execution provider here, with torch's thread count at export and workers that do
 not spin between runs (torch works between them; see :func:`~samadapt.export.onnx_decoder.onnx_session`).
 """
@@ -37,7 +38,8 @@ def _float32(array: Any) -> np.ndarray:
 
 
 class OnnxDecoding:
-    """SAM's prompt encoder + mask decoder (+ the adapter's IPS) run by onnxruntime on the CPU.
+    """SAM's prompt encoder + mask decoder (+ the adapter's IPS) run by onnxruntime on the CPU: a
+    :class:`~samadapt.models.decoder.Decoder`.
 
     Args:
         loaded: the SAM model whose decoder is exported (its weights are read once per graph).
@@ -143,7 +145,8 @@ class OnnxDecoding:
         multimask: bool = False,
         image_key: Hashable | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """As :func:`samadapt.inference.decode.decode`: low-res logits ``NxKx4gx4g`` and IoU ``NxK``.
+        """:meth:`Decoder.__call__ <samadapt.models.decoder.Decoder.__call__>`: low-res logits ``NxKx4gx4g``
+        and IoU ``NxK``.
 
         Args:
             embedding: ``1xCxgxg`` image embedding (CPU tensor or array, any float dtype).

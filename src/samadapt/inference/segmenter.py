@@ -27,24 +27,18 @@ import torch
 
 from samadapt.data.frame import frame_shape, to_model_frame_image
 from samadapt.errors import ConfigError, PromptError
-from samadapt.inference.auto_prompting import (
-    adapter_base_model,
-    auto_decode,
-    check_adapter_fits,
-    class_index,
-    load_promise_adapter,
-    shifted_decode,
-)
-from samadapt.inference.decode import decode
 from samadapt.inference.embedding_lru import EmbeddingLRU, SliceEmbedding
 from samadapt.inference.image_frame import ImageFrame
 from samadapt.inference.model_source import load_model, model_classes
 from samadapt.inference.volume_slices import VolumeSlices
 from samadapt.io.volume import Volume
+from samadapt.models.decoder import Decoder, SamDecoder
 from samadapt.models.embedding_cache import encode_slices
 from samadapt.models.onnx_encoder import use_encoder_runtime
 from samadapt.models.registry import DEFAULT_MODEL
 from samadapt.models.sam import LoadedModel
+from samadapt.promise.adapter import check_base_model, load_adapter, load_base_model
+from samadapt.promise.automatic import class_index, decode_automatic
 from samadapt.runtime import resolve_device
 
 DEFAULT_CACHED_SLICES = 64
@@ -118,6 +112,10 @@ class Segmenter:
         onnx: an :class:`~samadapt.inference.onnx_decoding.OnnxDecoding` of the same model and adapter to
             run :meth:`predict`'s decoder in onnxruntime (CPU only; several times faster per click than eager
             torch on a CPU), or None for torch. The image encoder and :meth:`predict_auto` stay in torch.
+
+    Attributes: ``decoder``, the :class:`~samadapt.models.decoder.Decoder` of :meth:`predict` (``onnx``, else
+    the torch :class:`~samadapt.models.decoder.SamDecoder` with the adapter's IPS shift), and
+    ``torch_decoder``, the latter (what :meth:`predict_auto` uses).
     """
 
     def __init__(self, loaded: LoadedModel, device: str | torch.device = "cpu",
@@ -131,6 +129,8 @@ class Segmenter:
         self.loaded = loaded
         self.loaded.sam.to(self.device).eval()
         self.adapter = adapter
+        self.torch_decoder = SamDecoder.for_adapter(self.loaded.sam, adapter)
+        self.decoder: Decoder = onnx if onnx is not None else self.torch_decoder
         if isinstance(encode_batch_size, bool) or not isinstance(encode_batch_size, int) or encode_batch_size < 1:
             raise ConfigError(f"encode batch size {encode_batch_size!r}: give at least 1")
         self.encode_batch_size = encode_batch_size
@@ -150,15 +150,15 @@ class Segmenter:
         be that very SAM (same weights), else :class:`~samadapt.errors.CheckpointError`. ``encoder_runtime``
         (``auto``, ``torch``, ``onnx``): see :mod:`samadapt.models.onnx_encoder`.
         """
-        loaded_adapter = load_promise_adapter(adapter, device) if adapter is not None else None
+        loaded_adapter = load_adapter(adapter, device) if adapter is not None else None
         if model is None:
             if loaded_adapter is None:
                 raise ConfigError("no model given; pass a registry name, a .pth file or a run folder")
-            loaded = adapter_base_model(loaded_adapter, device)
+            loaded = load_base_model(loaded_adapter, device)
         else:
             loaded = load_model(model, device=device)
             if loaded_adapter is not None:
-                check_adapter_fits(loaded_adapter, loaded)
+                check_base_model(loaded_adapter, loaded)
         use_encoder_runtime(loaded, encoder_runtime, resolve_device(device))
         return cls(loaded, device=device, adapter=loaded_adapter, **kwargs)
 
@@ -317,26 +317,18 @@ class Segmenter:
             pad = label_arr < 0
             checked = np.where(pad[..., None], 0.0, point_arr)  # padding points may hold anything
             model_points = torch.from_numpy(frame.points_to_model(checked))
-        cached = self.embedding(slice_index).embedding  # 1xCxgxg float16
+        cached = self.embedding(slice_index).embedding  # 1xCxgxg float16: the decoder converts it
         low_parts, iou_parts, mask_parts = [], [], []
         with torch.inference_mode():
-            emb = None if self.onnx is not None else torch.from_numpy(np.asarray(cached, np.float32)).to(self.device)
             for lo in range(0, count, DECODE_CHUNK):
                 rows = slice(lo, lo + DECODE_CHUNK)
                 pts = None if model_points is None else (
                     model_points[rows].to(self.device), torch.from_numpy(label_arr[rows]).long().to(self.device))
                 masks_in = None if mask_arr is None else torch.from_numpy(mask_arr[rows]).float()
-                prompts = {
-                    "points": pts, "multimask": multimask,
-                    "boxes": None if model_boxes is None else model_boxes[rows].to(self.device),
-                    "mask_logits": None if masks_in is None else masks_in.to(self.device),
-                }
-                if self.onnx is not None:
-                    low_res, iou = self.onnx(cached, image_key=key, **prompts)  # image terms kept per key
-                elif self.adapter is not None and self.adapter.has_ips:
-                    low_res, iou = shifted_decode(self.adapter, self.sam, emb, **prompts)
-                else:
-                    low_res, iou = decode(self.sam, emb, **prompts)
+                low_res, iou = self.decoder(
+                    cached, points=pts, multimask=multimask, image_key=key,  # onnx keeps image terms per key
+                    boxes=None if model_boxes is None else model_boxes[rows].to(self.device),
+                    mask_logits=None if masks_in is None else masks_in.to(self.device))
                 logits = frame.logits_to_original(self.sam, low_res)
                 mask_parts.append((logits > self.sam.mask_threshold).cpu().numpy())
                 low_parts.append(low_res.float().cpu())
@@ -349,9 +341,10 @@ class Segmenter:
                      presence_threshold: float | None = 0.5) -> Prediction:
         """A prompt-free mask for one class through the adapter's APM (and IPS shift), N = K = 1.
 
-        ``class_name``: a name of :attr:`classes` or its 0-based index (None: the first). Decoding follows
-        the adapter (its ``multimask`` / ``mask_index``). Where the adapter has a presence head and its
-        probability is below ``presence_threshold`` the mask is emptied (None keeps every mask). The APM's
+        ``class_name``: a name of :attr:`classes` or its 0-based index (None: the first). The rule of
+        :mod:`samadapt.promise.automatic`: decoded as the adapter was trained (its ``multimask``, output 0);
+        where the adapter has a presence head and its probability is below ``presence_threshold`` the mask
+        is emptied (None keeps every mask). The APM's
         points come back in ``Prediction.points`` (original frame). Raises :class:`ConfigError` without
         an adapter that has an APM.
         """
@@ -368,12 +361,12 @@ class Segmenter:
         with torch.inference_mode():
             emb = torch.from_numpy(np.asarray(cached.embedding, dtype=np.float32)).to(self.device)
             feats = torch.from_numpy(np.asarray(cached.features, dtype=np.float32)).to(self.device)
-            low_res, iou, points, labels, presence = auto_decode(self.adapter, self.sam, emb, feats, index)
-            logits = frame.logits_to_original(self.sam, low_res)
+            auto = decode_automatic(self.adapter, self.torch_decoder, emb, feats, [index])
+            logits = frame.logits_to_original(self.sam, auto.low_res)
+            absent = auto.absent(presence_threshold).cpu().numpy()
         masks = (logits > self.sam.mask_threshold).cpu().numpy()
-        presence_np = None if presence is None else presence.float().cpu().numpy().reshape(-1)
-        if presence_np is not None and presence_threshold is not None and presence_np[0] < presence_threshold:
-            masks[:] = False
-        return Prediction(masks, iou.float().cpu().numpy(), low_res.float().cpu(),
-                          frame.points_to_original(points.float().cpu().numpy()), labels.long().cpu().numpy(),
+        masks[absent] = False
+        presence_np = None if auto.presence is None else auto.presence.float().cpu().numpy().reshape(-1)
+        return Prediction(masks, auto.iou.float().cpu().numpy(), auto.low_res.float().cpu(),
+                          frame.points_to_original(auto.points.float().cpu().numpy()), auto.labels.long().cpu().numpy(),
                           presence_np)

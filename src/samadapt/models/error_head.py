@@ -41,8 +41,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from samadapt.errors import CheckpointError
-from samadapt.inference.decode import upscale_logits
 from samadapt.io.atomic import atomic_path, write_json_atomic
+from samadapt.models.decoder import upscale_logits
 from samadapt.prompts.corrections import suggested_clicks
 
 ERROR_HEAD_FILE = "error_head.pth"

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
 
-from samadapt.inference.decode import decode
+from samadapt.models.decoder import SamDecoder
 from samadapt.models.preprocess import to_model_input
 from samadapt.models.registry import ModelSpec
 from samadapt.prompts.boxes import boxes_from_masks
@@ -43,11 +43,11 @@ def evaluate_on_shapes(
                 continue
             masks = inst[None] == ids[:, None, None]
             emb = embeddings[b : b + 1]
-            low, _ = decode(sam, emb, None, boxes_from_masks(masks), None, multimask=False)
+            low, _ = SamDecoder(sam)(emb, None, boxes_from_masks(masks), None, multimask=False)
             up = F.interpolate(low, spec.image_size, mode="bilinear", align_corners=False)[:, 0]
             box_ious.append(mask_iou(up, masks))
             pts = sample_points_in_masks(masks, generator)[:, None]
-            low, iou_pred = decode(sam, emb, (pts, torch.ones(pts.shape[:2], dtype=torch.long)), None, None, True)
+            low, iou_pred = SamDecoder(sam)(emb, (pts, torch.ones(pts.shape[:2], dtype=torch.long)), None, None, True)
             best = low[torch.arange(len(ids)), iou_pred.argmax(1)][:, None]
             up = F.interpolate(best, spec.image_size, mode="bilinear", align_corners=False)[:, 0]
             point_ious.append(mask_iou(up, masks))

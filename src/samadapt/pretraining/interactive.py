@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
 
-from samadapt.inference.decode import decode
+from samadapt.models.decoder import SamDecoder
 from samadapt.prompts.boxes import boxes_from_masks, jitter_boxes_sam
 from samadapt.prompts.points import sample_error_clicks, sample_points_in_masks
 from samadapt.training.losses import dice_loss, focal_loss, iou_head_loss, mask_iou
@@ -110,7 +110,7 @@ def interactive_loss(
         kinds = ["first", *recipe.schedule(generator)]
         for r in range(len(kinds)):
             multimask = use_point and r == 0
-            low_res, iou_pred = decode(sam, embedding, points, boxes, prev_logits, multimask)
+            low_res, iou_pred = SamDecoder(sam)(embedding, points, boxes, prev_logits, multimask)
             logits = F.interpolate(low_res, (loss_size, loss_size), mode="bilinear", align_corners=False)
             target = soft_targets.expand_as(logits)
             focal = focal_loss(logits, target, alpha=recipe.focal_alpha)

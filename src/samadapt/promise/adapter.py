@@ -13,11 +13,12 @@ checks that its weights are the very ones (same sha256), because an adapter fits
 Using an adapter (what ``samadapt.inference`` builds on), for one slice and class ``k``::
 
     points, labels = adapter.auto_points(features, k)              # 1x3xDxgxg -> 1xNx2, 1xN
-    shift = adapter.token_shift(embedding)                         # 1xCxgxg -> 1xTxC or None
-    low_res, iou = decode_with_shift(sam, embedding, shift, points=(points, labels),
-                                     multimask=adapter.multimask)
-    logits = low_res[:, adapter.mask_index]                        # 1x4gx4g
+    decoder = SamDecoder.for_adapter(sam, adapter)                 # SAM, mask tokens shifted by IPS if any
+    low_res, iou = decoder(embedding, points=(points, labels), multimask=adapter.multimask)
+    logits = low_res[:, 0]                                         # 1x4gx4g: output 0 in both modes
     present = adapter.presence_probability(features, k)            # 1, or None without a presence head
+
+(:func:`samadapt.promise.automatic.decode_automatic` does this for every class at once.)
 
 With user prompts instead of APM points (the adapter stays promptable), pass ``points``/``boxes`` and the
 same shift.
@@ -104,13 +105,9 @@ class PromiseAdapter(nn.Module):
 
     @property
     def multimask(self) -> bool:
-        """Decode with ``multimask=True`` (and take output :attr:`mask_index`) as in training."""
+        """Decode with ``multimask=True`` (and take output 0, the first ambiguity output) as in training; False:
+        the single-mask output (also output 0)."""
         return bool(self.spec.multimask)
-
-    @property
-    def mask_index(self) -> int:
-        """Which of the decoder's outputs is the mask: the first one, in both decoding modes."""
-        return 0
 
     def _require_apm(self) -> nn.Module:
         if self.apm is None:

@@ -75,8 +75,8 @@ from samadapt.evaluation.slice_store import (
     score_slices,
     slice_seed,
 )
-from samadapt.inference.decode import decode
 from samadapt.io.atomic import atomic_dir, write_json_atomic
+from samadapt.models.decoder import SamDecoder
 from samadapt.models.embedding_cache import EmbeddingCache, ensure_cache
 from samadapt.models.sam import LoadedModel, load_sam, resolve_checkpoint, sam_digest
 from samadapt.overlap import dice, iou
@@ -120,7 +120,7 @@ def _slice_truth(prepared: PreparedDataset, case_id: str, index: int, objects: l
 def _best_of_three(sam, embedding: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """Low-res logits ``Px4gx4g`` of single positive clicks ``Px2``: multimask, highest predicted IoU."""
     labels = torch.ones((points.shape[0], 1), dtype=torch.long, device=points.device)
-    low_res, iou = decode(sam, embedding, points=(points[:, None], labels), multimask=True)
+    low_res, iou = SamDecoder(sam)(embedding, points=(points[:, None], labels), multimask=True)
     return low_res[torch.arange(points.shape[0]), iou.argmax(dim=1)]
 
 
@@ -348,7 +348,7 @@ def _predict_slice(setup: _Setup, case_id: str, index: int, objects: list[SliceO
         if instance_masks is not None:
             boxes = boxes_from_masks(torch.from_numpy(instance_masks)).to(device)
             emb = embedding if model_cache is setup.cache else _embedding(model_cache, case_id, index, device)
-            low_res, _ = decode(model_sam, emb, boxes=boxes)
+            low_res, _ = SamDecoder(model_sam)(emb, boxes=boxes)
             masks = to_model_frame(low_res[:, 0], dataset.image_size, valid_hw).cpu().numpy()
             for obj, mask in zip(kept, masks, strict=True):
                 united[classes.index(obj.class_name)] |= mask

@@ -2,7 +2,7 @@
 
 Global average pool of the image embedding (``BxCxgxg -> BxC``), an MLP (Linear ``C -> hidden``, GELU,
 Linear ``hidden -> T*C``), reshaped to ``BxTxC``: an additive shift of the decoder's ``T`` mask-token
-embeddings (:func:`samadapt.promise.shifted_decoder.decode_with_shift` applies it). The paper uses
+embeddings (:class:`samadapt.models.decoder.SamDecoder` applies it). The paper uses
 ``hidden = 1024`` for SAM's ``C = 256``; samadapt takes ``hidden = 4 C`` by default (512 for tiny).
 
 Decision: the output layer starts at zero, so an untrained IPS is the identity (frozen SAM exactly) and

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
 
+from samadapt.models.decoder import SamDecoder
 from samadapt.promise.samples import PromiseSample, low_res_targets
-from samadapt.promise.shifted_decoder import decode_with_shift
 from samadapt.prompts.boxes import boxes_from_masks
 from samadapt.prompts.point_sets import sample_point_sets
 from samadapt.training.losses import bce_loss, dice_loss, mask_iou
@@ -31,20 +31,11 @@ def mask_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return bce_loss(logits, targets) + dice_loss(logits, targets)
 
 
-def decode_masks(
-    sam: Sam, embedding: torch.Tensor, shift: torch.Tensor | None, multimask: bool,
-    points: tuple[torch.Tensor, torch.Tensor] | None = None, boxes: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """``PxLxL`` low-res logits: output 0 of :func:`decode_with_shift` for ``P`` prompts on one embedding."""
-    low_res, _ = decode_with_shift(sam, embedding, shift, points=points, boxes=boxes, multimask=multimask)
-    return low_res[:, 0]
-
-
 def ground_truth_prompts(
     masks: torch.Tensor, kind: str, n_positive: int, n_negative: int, generator: torch.Generator,
     valid_hw: tuple[int, int] | None = None, margin: float = 0.5,
 ) -> dict:
-    """Prompts of ``NxSxS`` masks as keyword arguments of :func:`decode_masks`: ``kind`` ``points``
+    """Prompts of ``NxSxS`` masks as keyword arguments of a decoder: ``kind`` ``points``
     (:func:`~samadapt.prompts.point_sets.sample_point_sets`) or ``box`` (tight boxes), model-input px."""
     if kind == "box":
         return {"boxes": boxes_from_masks(masks)}
@@ -87,8 +78,9 @@ class PromiseObjective:
         """
         device = points.device
         present = sample.class_indices.to(device)
-        low_res = decode_masks(sam, sample.embedding.to(device), shift, self.multimask,
-                               points=(points[present], labels[present]))
+        low_res, _ = SamDecoder(sam, shift)(sample.embedding.to(device), points=(points[present], labels[present]),
+                                            multimask=self.multimask)
+        low_res = low_res[:, 0]
         targets = low_res_targets(sample.class_masks.to(device), low_res.shape[-1])
         loss = mask_loss(low_res.float(), targets).mean()
         stats = {"prompts": float(len(present)), "mask_loss": float(loss.detach()),
@@ -120,7 +112,8 @@ class PromiseObjective:
             prompts = ground_truth_prompts(masks[chosen], kind, self.num_positive,
                                            self.num_points - self.num_positive, generator, sample.valid_hw,
                                            self.negative_margin)
-            low_res = decode_masks(sam, embedding, shift, self.multimask, **prompts_to(prompts, device))
+            low_res, _ = SamDecoder(sam, shift)(embedding, multimask=self.multimask, **prompts_to(prompts, device))
+            low_res = low_res[:, 0]
             targets = low_res_targets(masks[chosen].to(device), low_res.shape[-1])
             losses.append(mask_loss(low_res.float(), targets))
             ious.append(mask_iou(low_res.detach().float(), targets > 0.5))

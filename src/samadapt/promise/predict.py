@@ -15,10 +15,10 @@ from segment_anything.modeling import Sam
 
 from samadapt.data.prepared import PreparedDataset
 from samadapt.evaluation.box_protocol import SlicePrediction, slices_with_objects
-from samadapt.inference.decode import upscale_logits
+from samadapt.models.decoder import SamDecoder, upscale_logits
 from samadapt.models.embedding_cache import EmbeddingCache
 from samadapt.promise.adapter import PromiseAdapter
-from samadapt.promise.objective import decode_masks
+from samadapt.promise.automatic import decode_automatic
 
 
 def to_model_frame(low_res: torch.Tensor, image_size: int, valid_hw: tuple[int, int]) -> torch.Tensor:
@@ -34,7 +34,7 @@ def automatic_masks(
     adapter: PromiseAdapter, sam: Sam, embedding: torch.Tensor, features: torch.Tensor,
     valid_hw: tuple[int, int], presence_threshold: float | None = 0.5,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Every adapter class segmented without prompts on one slice.
+    """Every adapter class segmented without prompts on one slice (the rule of :mod:`samadapt.promise.automatic`).
 
     Args:
         embedding: ``1xCxgxg``; features: ``1x3xDxgxg`` (on the adapter's device).
@@ -43,15 +43,10 @@ def automatic_masks(
     Returns:
         masks ``KxSxS`` bool (model frame), presence probabilities ``K`` (or None).
     """
-    points, presence = adapter.predict_points(features)
-    labels = adapter.point_labels(points.shape[1], points.device)
-    shift = adapter.token_shift(embedding)
-    low_res = decode_masks(sam, embedding, shift, adapter.multimask, points=(points[0], labels))
-    masks = to_model_frame(low_res, adapter.spec.image_size, valid_hw)
-    probability = None if presence is None else torch.sigmoid(presence[0])
-    if probability is not None and presence_threshold is not None:
-        masks[probability < presence_threshold] = False
-    return masks, probability
+    auto = decode_automatic(adapter, SamDecoder.for_adapter(sam, adapter), embedding, features)
+    masks = to_model_frame(auto.low_res[:, 0], adapter.spec.image_size, valid_hw)
+    masks[auto.absent(presence_threshold)] = False
+    return masks, auto.presence
 
 
 @torch.no_grad()
@@ -60,9 +55,9 @@ def prompted_masks(
     image_size: int, valid_hw: tuple[int, int],
 ) -> torch.Tensor:
     """``NxSxS`` bool masks for ``N`` given prompts (``{"boxes": Nx4}`` or ``{"points": (NxPx2, NxP)}``,
-    model-input px) with an optional IPS ``shift``."""
-    low_res = decode_masks(sam, embedding, shift, multimask, **prompts)
-    return to_model_frame(low_res, image_size, valid_hw)
+    model-input px) with an optional IPS ``shift`` (``1xTxC``): decoder output 0, as the adapter trains."""
+    low_res, _ = SamDecoder(sam, shift)(embedding, multimask=multimask, **prompts)
+    return to_model_frame(low_res[:, 0], image_size, valid_hw)
 
 
 @dataclass

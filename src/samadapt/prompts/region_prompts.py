@@ -3,7 +3,7 @@
 SAM's prompt encoder takes one kind of prompt for a whole batch (all boxes, or all clicks). Human-behaviour
 simulation gives region 1 a loose box, region 2 a centre click and region 3 three clicks, on the same
 embedding and in the same decoder pass; :class:`RegionPrompts` holds such a mixed batch, and
-:func:`samadapt.inference.region_decode.decode_regions` encodes it.
+:meth:`samadapt.models.decoder.SamDecoder.all_outputs` decodes it.
 
 Frames: points and boxes in model-input pixels (the ``S x S`` frame of the masks they come from). Points
 ``NxPx2`` float XY; labels ``NxP`` long, 1 positive, 0 negative, -1 padding (SAM's "not a point"), so rows

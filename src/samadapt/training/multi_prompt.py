@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
 
-from samadapt.inference.decode import decode, upscale_logits
+from samadapt.models.decoder import SamDecoder, upscale_logits
 from samadapt.prompts.box_noise import BoxNoise
 from samadapt.prompts.boxes import boxes_from_masks
 from samadapt.training.losses import bce_loss, dice_loss, focal_loss, iou_head_loss, mask_iou
@@ -76,7 +76,7 @@ class MultiPromptObjective:
         boxes = self.noise(boxes_from_masks(masks), sample.is_lesion[chosen], generator, image_size)
         masks = masks.to(device)
         prompt_s = time.perf_counter() - t0
-        low_res, iou_pred = decode(sam, sample.embedding.to(device), boxes=boxes.to(device))
+        low_res, iou_pred = SamDecoder(sam)(sample.embedding.to(device), boxes=boxes.to(device))
         logits, targets = self.loss_frame(low_res[:, 0], masks, image_size)
         losses = self.per_prompt_loss(logits, iou_pred.float(), targets)
         iou = float(mask_iou(logits.detach(), targets >= 0.5).mean())

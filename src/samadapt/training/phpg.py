@@ -7,7 +7,7 @@ fine-tuning; ``prompting=single``: one region):
    :class:`~samadapt.prompts.behaviour_mixture.BehaviourMixture`: tight / loose / shifted / partial / noisy /
    neighbour boxes, centre / random / boundary / several / negative-neighbour clicks); all N regions are
    decoded **in one pass** on the slice's one embedding
-   (:func:`~samadapt.inference.region_decode.decode_regions`).
+   (:meth:`~samadapt.models.decoder.SamDecoder.all_outputs`).
 2. **Correction rounds** (``correction_rounds``, SAM's recipe: 8) and **mask-only rounds**
    (``mask_only_rounds``, SAM: 2; one placed at random among the corrections, the rest at the end, as
    :meth:`~samadapt.pretraining.interactive.InteractiveRecipe.schedule`): every round decodes all regions
@@ -54,9 +54,9 @@ import torch
 from segment_anything.modeling import Sam
 from torch.utils.checkpoint import checkpoint
 
-from samadapt.inference.decode import upscale_logits
-from samadapt.inference.region_decode import decode_regions, pick_outputs
+from samadapt.models.decoder import SamDecoder, upscale_logits
 from samadapt.models.error_head import ErrorHead, error_head_loss, true_error
+from samadapt.models.region_decode import pick_outputs
 from samadapt.pretraining.interactive import InteractiveRecipe
 from samadapt.prompts.behaviour_mixture import BehaviourMixture, correction_mixture, first_mixture
 from samadapt.prompts.corrections import previous_logits_prompt
@@ -147,7 +147,7 @@ class PHPGObjective:
         never = torch.zeros(len(prompts), dtype=torch.bool, device=device)
         seg_losses, head_losses, ious = [], [], []
         for r in range(len(kinds)):
-            low_res, iou_pred = self._recomputed(decode_regions, sam, embedding, prompts.to(device), previous)
+            low_res, iou_pred = self._recomputed(SamDecoder(sam).all_outputs, embedding, prompts.to(device), previous)
             ambiguous = prompts.ambiguous.to(device) if r == 0 else never
             seg_losses.append(self._round_loss(low_res, iou_pred, truth, ambiguous))
             chosen, chosen_iou, _ = pick_outputs(low_res, iou_pred, ambiguous)

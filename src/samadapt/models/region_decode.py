@@ -1,4 +1,5 @@
-"""Decode a mixed batch of region prompts (:class:`~samadapt.prompts.region_prompts.RegionPrompts`) in one pass.
+"""Embed a mixed batch of region prompts (:class:`~samadapt.prompts.region_prompts.RegionPrompts`) for one
+decoder pass (:meth:`samadapt.models.decoder.SamDecoder.all_outputs`), and SAM's choice among the outputs.
 
 SAM's prompt encoder embeds clicks and boxes with its own ``_embed_points`` / ``_embed_boxes``; this module
 only assembles their tokens per region so that regions with different prompts share one decoder call:
@@ -12,9 +13,9 @@ only assembles their tokens per region so that regions with different prompts sh
   token on the box-less regions: SAM itself pads batched clicks this way.
 - the mask prompt (previous low-res logits, ``Nx1x4gx4g``) goes through SAM's mask embedding as usual.
 
-The decoder's :meth:`predict_masks` returns all four mask tokens' outputs; :func:`pick_outputs` takes SAM's
-choice per region: output 0 for a well-specified prompt, the best predicted IoU among outputs 1..3 for an
-ambiguous one (a single click), as ``multimask_output`` does at inference.
+The decoder's :meth:`predict_masks` returns all four mask tokens' outputs (``SamDecoder.all_outputs``);
+:func:`pick_outputs` takes SAM's choice per region: output 0 for a well-specified prompt, the best predicted
+IoU among outputs 1..3 for an ambiguous one (a single click), as ``multimask_output`` does at inference.
 """
 
 from __future__ import annotations
@@ -42,28 +43,6 @@ def encode_region_prompts(
     sparse = torch.cat(tokens, dim=1) if tokens else torch.empty(n, 0, encoder.embed_dim, device=prompts.boxes.device)
     _, dense = encoder(points=None, boxes=None, masks=mask_logits)
     return sparse, dense
-
-
-def decode_regions(
-    sam: Sam, embedding: torch.Tensor, prompts: RegionPrompts, mask_logits: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """All four outputs of SAM's mask decoder for N regions on one image embedding.
-
-    Args:
-        embedding: ``1xCxgxg`` image embedding.
-        prompts: the regions' prompts, on the decoder's device.
-        mask_logits: ``Nx1x4gx4g`` previous low-res logits (the mask prompt), or None.
-    Returns:
-        low-res logits ``Nx4x4gx4g`` (output 0: single-mask, 1..3: SAM's ambiguity outputs) and IoU
-        predictions ``Nx4``.
-    """
-    sparse, dense = encode_region_prompts(sam, prompts, mask_logits)
-    return sam.mask_decoder.predict_masks(
-        image_embeddings=embedding,
-        image_pe=sam.prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-    )
 
 
 def pick_outputs(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from samadapt.inference.decode import decode
-from samadapt.inference.region_decode import decode_regions, encode_region_prompts, pick_outputs
+from samadapt.models.decoder import SamDecoder
+from samadapt.models.region_decode import encode_region_prompts, pick_outputs
 from samadapt.models.sam import load_sam
 from samadapt.prompts.region_prompts import RegionPrompts
 
@@ -28,16 +28,16 @@ LABELS = torch.tensor([[1, 0], [1, -1], [1, 1]])
 
 @torch.no_grad()
 def test_boxes_alone_and_clicks_alone_are_exactly_sams_own_encoding(sam):
-    low, iou = decode_regions(sam, _embedding(), RegionPrompts.from_boxes(BOXES))
-    ref_low, ref_iou = decode(sam, _embedding(), boxes=BOXES)
+    low, iou = SamDecoder(sam).all_outputs(_embedding(), RegionPrompts.from_boxes(BOXES))
+    ref_low, ref_iou = SamDecoder(sam)(_embedding(), boxes=BOXES)
     torch.testing.assert_close(low[:, :1], ref_low)
     torch.testing.assert_close(iou[:, :1], ref_iou)
     prompts = RegionPrompts.from_points(POINTS, LABELS)
-    low, iou = decode_regions(sam, _embedding(), prompts)
-    ref_low, ref_iou = decode(sam, _embedding(), points=(POINTS, LABELS), multimask=True)
+    low, iou = SamDecoder(sam).all_outputs(_embedding(), prompts)
+    ref_low, ref_iou = SamDecoder(sam)(_embedding(), points=(POINTS, LABELS), multimask=True)
     torch.testing.assert_close(low[:, 1:], ref_low)
     both = RegionPrompts(POINTS, LABELS, BOXES, torch.ones(3, dtype=torch.bool))
-    low, _ = decode_regions(sam, _embedding(), both, torch.randn(3, 1, 16, 16, generator=torch.Generator()))
+    low, _ = SamDecoder(sam).all_outputs(_embedding(), both, torch.randn(3, 1, 16, 16, generator=torch.Generator()))
     assert low.shape == (3, 4, 16, 16)
 
 
@@ -53,7 +53,7 @@ def test_a_mixed_batch_is_one_decoder_pass_with_a_box_only_where_given(sam, monk
     calls = []
     original = sam.mask_decoder.predict_masks
     monkeypatch.setattr(sam.mask_decoder, "predict_masks", lambda **kw: calls.append(1) or original(**kw))
-    low, iou = decode_regions(sam, _embedding(), prompts)
+    low, iou = SamDecoder(sam).all_outputs(_embedding(), prompts)
     assert calls == [1] and low.shape == (3, 4, 16, 16) and iou.shape == (3, 4)
 
 
