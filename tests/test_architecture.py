@@ -53,14 +53,7 @@ MAY_IMPORT: dict[str, set[str]] = {
 # Imports that go against MAY_IMPORT today and that branches being merged remove. EMPTY THIS SET when they are
 # merged (the lead): an entry whose import is gone fails test_pending_edges_are_still_there, and any import
 # against the table that is not listed here fails test_imports_follow_the_layering.
-PENDING_ELSEWHERE: dict[tuple[str, str], str] = {
-    ("models", "inference"): "decoder branch: the decoder moves into models (models/error_head.py)",
-    ("evaluation", "inference"): "decoder branch: inference.decode / region_decode move into models",
-    ("training", "inference"): "decoder branch: inference.decode / region_decode move into models",
-    ("pretraining", "inference"): "decoder branch: inference.decode moves into models",
-    ("promise", "inference"): "decoder branch: inference.decode moves into models",
-    ("training", "pretraining"): "rounds branch: one prompting-rounds loop (training/phpg.py)",
-}
+PENDING_ELSEWHERE: dict[tuple[str, str], str] = {}
 
 
 def _node(relative: Path) -> str:

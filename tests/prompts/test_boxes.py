@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from samadapt.prompts.boxes import boxes_from_masks, jitter_boxes_sam, jitter_boxes_uniform, masks_from_boxes
+from samadapt.prompts.boxes import (
+    boxes_from_masks,
+    grow_boxes,
+    jitter_boxes_sam,
+    jitter_boxes_uniform,
+    keep_in_frame,
+    masks_from_boxes,
+)
 
 
 def _random_boxes(n: int, image_size: int, min_side: float, max_side: float, seed: int = 0) -> torch.Tensor:
@@ -117,6 +124,18 @@ def test_uniform_jitter_keeps_thin_boxes_inside_and_non_degenerate():
     boxes = torch.tensor(thin, dtype=torch.float32).repeat(300, 1)
     noisy = jitter_boxes_uniform(boxes, 20.0, torch.Generator().manual_seed(9), 128)
     _check_valid(noisy, 128)
+
+
+def test_keep_in_frame_is_the_one_clamp_rule():
+    boxes = torch.tensor([[5.0, 6.0, 20.0, 30.0],  # inside: unchanged
+                          [-3.0, -1.0, 70.0, 50.0],  # beyond the frame (height 40, width 64): clamped
+                          [10.0, 12.0, 10.2, 8.0],  # collapsed / inverted: keeps x0, y0, one pixel wide / high
+                          [63.0, 39.5, 63.0, 45.0]])  # collapsed on the far border: steps back inside
+    kept = keep_in_frame(boxes, height=40, width=64)
+    assert kept.tolist() == [[5.0, 6.0, 20.0, 30.0], [0.0, 0.0, 63.0, 39.0], [10.0, 12.0, 11.0, 13.0],
+                             [62.0, 38.0, 63.0, 39.0]]
+    grown = grow_boxes(boxes[:1], torch.tensor([[1.0, 2.0, 3.0, 4.0]]))
+    assert grown.tolist() == [[4.0, 4.0, 23.0, 34.0]]
 
 
 def test_masks_from_boxes_fills_exactly_the_box_and_inverts_boxes_from_masks():

@@ -27,14 +27,14 @@ def _sample(n: int = 5) -> SliceSample:
 
 def test_all_objects_go_through_one_decoder_call(sam, monkeypatch):
     calls = []
-    original = sam.mask_decoder.forward
+    original = sam.mask_decoder.predict_masks  # every decoder pass runs it (forward too)
 
     def counting(*args, **kwargs):
         out = original(*args, **kwargs)
         calls.append(out[0].shape[0])
         return out
 
-    monkeypatch.setattr(sam.mask_decoder, "forward", counting)
+    monkeypatch.setattr(sam.mask_decoder, "predict_masks", counting)
     loss, stats = MultiPromptObjective().slice_loss(sam, _sample(5), torch.Generator().manual_seed(0))
     assert calls == [5] and stats["prompts"] == 5.0
     loss.backward()

@@ -4,7 +4,8 @@ The simulated user is RITM's (:class:`~samadapt.prompts.corrections.LargestError
 goes to the interior of the object (the largest error of an empty mask), every next one to the interior of
 the largest error region of the current mask, positive in a miss, negative in a spill. All objects of a slice
 are refined together, one decoder pass per click on the slice's cached embedding; each pass gets every click
-so far plus the previous low-res logits as mask prompt. The first, single click is SAM's ambiguous case
+so far plus the previous low-res logits as mask prompt
+(:func:`~samadapt.models.prompting_rounds.prompting_rounds`). The first, single click is SAM's ambiguous case
 and takes the best of the three multimask outputs by predicted IoU; later passes the single-mask output.
 Masks are thresholded at logit 0, cut to the unpadded frame, and scored in the model frame.
 
@@ -33,12 +34,11 @@ from samadapt.evaluation.markdown import markdown_table
 from samadapt.evaluation.protocol_slices import ProtocolSlice, load_protocol_slice, object_row
 from samadapt.evaluation.slice_sample import Estimate, bootstrap_estimate
 from samadapt.evaluation.slice_store import SliceKey, SliceStore, score_slices
-from samadapt.models.decoder import SamDecoder, upscale_logits
 from samadapt.models.embedding_cache import EmbeddingCache
-from samadapt.models.region_decode import pick_outputs
+from samadapt.models.prompting_rounds import PromptRound, prompting_rounds
 from samadapt.overlap import dice_iou
 from samadapt.progress import Progress
-from samadapt.prompts.corrections import LargestErrorClick, previous_logits_prompt
+from samadapt.prompts.corrections import LargestErrorClick
 from samadapt.prompts.region_prompts import RegionPrompts
 
 
@@ -87,29 +87,27 @@ def click_session(
     ``K`` is ``max_clicks`` unless the slice stopped early (see the module docstring).
     """
     device = next(sam.parameters()).device
-    image_size = sam.image_encoder.img_size
     truth = item.truth
     n = truth.shape[0]
     user, unused = LargestErrorClick(), torch.Generator()
-    prediction = torch.zeros_like(truth)
-    prompts = RegionPrompts.from_points(torch.zeros(n, 0, 2), torch.zeros(n, 0, dtype=torch.long))
-    previous = None
-    embedding = item.embedding.to(device)
     dices, ious = [], []
     top = max(settings.thresholds)
-    for k in range(1, settings.max_clicks + 1):
-        points, labels = user(prediction, truth, unused)
-        prompts = prompts.with_clicks(points, labels)
-        low_res, iou_pred = SamDecoder(sam).all_outputs(embedding, prompts.to(device), previous)
-        chosen, _, _ = pick_outputs(low_res, iou_pred, prompts.ambiguous)
-        previous = previous_logits_prompt(chosen)
-        prediction = item.crop((upscale_logits(chosen.float(), image_size) > 0).cpu())
-        overlap = overlap_scores(prediction, truth)
+
+    def seen(round_: PromptRound) -> torch.Tensor:
+        """The masks the user sees: thresholded at logit 0, cut to the unpadded frame."""
+        return item.crop((round_.logits > 0).cpu())
+
+    def score(round_: PromptRound) -> bool:
+        overlap = overlap_scores(seen(round_), truth)
         dices.append(overlap["dice"])
         ious.append(overlap["iou"])
         reached = (np.asarray(ious) >= top).any(axis=0)
-        if k >= settings.dice_clicks and reached.all():
-            break
+        return round_.index + 1 >= settings.dice_clicks and bool(reached.all())
+
+    first = RegionPrompts.from_points(torch.zeros(n, 0, 2), torch.zeros(n, 0, dtype=torch.long))
+    first = first.with_clicks(*user(torch.zeros_like(truth), truth, unused))  # the click on an empty mask
+    prompting_rounds(sam, item.embedding.to(device), first, ["click"] * (settings.max_clicks - 1),
+                     lambda round_: user(seen(round_), truth, unused), on_round=score)
     return np.asarray(dices).T, np.asarray(ious).T
 
 

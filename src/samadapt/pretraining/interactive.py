@@ -1,6 +1,7 @@
 """SAM's promptable training recipe, simulated interactively on one image embedding per image.
 
-Per image, every sampled object is prompted at once (a batch of prompts on one embedding):
+Per image, every sampled object is prompted at once (a batch of prompts on one embedding), round after round
+(:func:`~samadapt.models.prompting_rounds.prompting_rounds`):
 
 1. a first prompt: a noisy box (SAM's noise: std 10% of the side, capped at 20 px of the 1024 frame) or one
    positive click inside the object, each with probability 1/2;
@@ -25,9 +26,11 @@ import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
 
-from samadapt.models.decoder import SamDecoder
+from samadapt.models.prompting_rounds import PromptRound, prompting_rounds, round_schedule
 from samadapt.prompts.boxes import boxes_from_masks, jitter_boxes_sam
-from samadapt.prompts.points import sample_error_clicks, sample_points_in_masks
+from samadapt.prompts.corrections import RandomErrorClick
+from samadapt.prompts.points import sample_points_in_masks
+from samadapt.prompts.region_prompts import RegionPrompts
 from samadapt.training.losses import dice_loss, focal_loss, iou_head_loss, mask_iou
 
 
@@ -50,12 +53,7 @@ class InteractiveRecipe:
 
     def schedule(self, generator: torch.Generator) -> list[str]:
         """Round kinds after the first: ``"click"`` or ``"mask"``, one mask-only round placed at random."""
-        rounds = ["click"] * self.correction_rounds
-        if self.mask_only_rounds >= 1:
-            at = int(torch.randint(0, len(rounds) + 1, (1,), generator=generator))
-            rounds.insert(at, "mask")
-            rounds += ["mask"] * (self.mask_only_rounds - 1)
-        return rounds
+        return round_schedule(self.correction_rounds, self.mask_only_rounds, generator)
 
 
 def interactive_loss(
@@ -82,7 +80,6 @@ def interactive_loss(
         scalar loss (mean over images, rounds and objects) and statistics: first-round IoU for box and
         point prompts, and last-round IoU.
     """
-    image_size = sam.image_encoder.img_size
     losses, stats = [], {"iou_first_box": [], "iou_first_point": [], "iou_last": []}
     source = embeddings
     if backward:  # rounds back-propagate into this leaf; the encoder once, at the end
@@ -91,56 +88,9 @@ def interactive_loss(
     for b, masks in enumerate(targets):
         if masks.shape[0] == 0:
             continue
-        masks = masks.to(embeddings.device)
-        loss_size = recipe.loss_size or image_size
-        soft_targets = F.adaptive_avg_pool2d(masks[:, None].float(), loss_size)  # Mx1xLxL in [0, 1]
-        embedding = embeddings[b : b + 1]
-        use_point = bool(torch.rand((), generator=generator) < recipe.point_first_probability)
-        boxes = None
-        if use_point:
-            pts = sample_points_in_masks(masks.cpu(), generator).to(masks.device)[:, None, :]
-            lbl = torch.ones(pts.shape[:2], dtype=torch.long, device=masks.device)
-            points = (pts, lbl)
-        else:
-            boxes = jitter_boxes_sam(boxes_from_masks(masks).cpu(), generator, image_size, recipe.box_noise_std)
-            boxes = boxes.to(masks.device)
-            points = None
-        prev_logits = None
-        image_losses = []
-        kinds = ["first", *recipe.schedule(generator)]
-        for r in range(len(kinds)):
-            multimask = use_point and r == 0
-            low_res, iou_pred = SamDecoder(sam)(embedding, points, boxes, prev_logits, multimask)
-            logits = F.interpolate(low_res, (loss_size, loss_size), mode="bilinear", align_corners=False)
-            target = soft_targets.expand_as(logits)
-            focal = focal_loss(logits, target, alpha=recipe.focal_alpha)
-            per_mask = recipe.focal_weight * focal + recipe.dice_weight * dice_loss(logits, target)
-            iou_term = iou_head_loss(iou_pred, logits, target > 0.5).mean(dim=1)
-            round_loss = (per_mask.min(dim=1).values + recipe.iou_weight * iou_term).mean()
-            if backward and round_loss.requires_grad:
-                (round_loss / (n_images * len(kinds))).backward()  # its share of the mean over images and rounds
-                round_loss = round_loss.detach()
-            image_losses.append(round_loss)
-            chosen = iou_pred.argmax(dim=1)
-            rows = torch.arange(masks.shape[0], device=masks.device)
-            chosen_logits = F.interpolate(
-                low_res[rows, chosen][:, None].detach(), (image_size, image_size), mode="bilinear", align_corners=False
-            )[:, 0]
-            if r == 0:
-                stats["iou_first_point" if use_point else "iou_first_box"].append(
-                    mask_iou(chosen_logits, masks).mean().item()
-                )
-            if r == len(kinds) - 1:
-                stats["iou_last"].append(mask_iou(chosen_logits, masks).mean().item())
-                break
-            prev_logits = low_res[rows, chosen][:, None].detach()
-            if kinds[r + 1] == "click":
-                new_pt, new_lbl = sample_error_clicks((chosen_logits > 0).cpu(), masks.cpu(), generator)
-                new_pt, new_lbl = new_pt.to(masks.device)[:, None], new_lbl.to(masks.device)[:, None]
-                points = (new_pt, new_lbl) if points is None else (
-                    torch.cat([points[0], new_pt], dim=1), torch.cat([points[1], new_lbl], dim=1)
-                )
-        losses.append(torch.stack(image_losses).mean())
+        image_loss = _image_loss(sam, embeddings[b : b + 1], masks.to(embeddings.device), recipe, generator,
+                                 n_images if backward else 0, stats)
+        losses.append(image_loss)
     loss = torch.stack(losses).mean() if losses else embeddings.sum() * 0
     if backward:
         if source.requires_grad and embeddings.grad is not None:
@@ -148,3 +98,47 @@ def interactive_loss(
         loss = loss.detach()
     summary = {k: float(sum(v) / len(v)) for k, v in stats.items() if v}
     return loss, summary
+
+
+def _image_loss(sam: Sam, embedding: torch.Tensor, masks: torch.Tensor, recipe: InteractiveRecipe,
+                generator: torch.Generator, backward_images: int, stats: dict[str, list[float]]) -> torch.Tensor:
+    """The recipe's loss (mean over rounds and objects) for the ``MxSxS`` objects of one image embedding
+    ``1xCxgxg``; appends to ``stats``. ``backward_images`` > 0: back-propagate each round's share of the mean
+    over that many images at once and return the loss detached."""
+    image_size = sam.image_encoder.img_size
+    loss_size = recipe.loss_size or image_size
+    soft_targets = F.adaptive_avg_pool2d(masks[:, None].float(), loss_size)  # Mx1xLxL in [0, 1]
+    use_point = bool(torch.rand((), generator=generator) < recipe.point_first_probability)
+    if use_point:
+        points = sample_points_in_masks(masks.cpu(), generator)[:, None, :]
+        prompts = RegionPrompts.from_points(points, torch.ones(points.shape[:2], dtype=torch.long))
+    else:
+        prompts = RegionPrompts.from_boxes(
+            jitter_boxes_sam(boxes_from_masks(masks).cpu(), generator, image_size, recipe.box_noise_std))
+    kinds = recipe.schedule(generator)
+    round_losses = []
+
+    def score(round_: PromptRound) -> None:
+        # every object of an image has the same kind of first prompt: all ambiguous (one click) or none
+        outputs = slice(1, 4) if bool(round_.ambiguous.any()) else slice(0, 1)
+        low_res, iou_pred = round_.low_res[:, outputs], round_.iou_pred[:, outputs]
+        logits = F.interpolate(low_res, (loss_size, loss_size), mode="bilinear", align_corners=False)
+        target = soft_targets.expand_as(logits)
+        focal = focal_loss(logits, target, alpha=recipe.focal_alpha)
+        per_mask = recipe.focal_weight * focal + recipe.dice_weight * dice_loss(logits, target)
+        iou_term = iou_head_loss(iou_pred, logits, target > 0.5).mean(dim=1)
+        round_loss = (per_mask.min(dim=1).values + recipe.iou_weight * iou_term).mean()
+        if backward_images and round_loss.requires_grad:
+            (round_loss / (backward_images * (1 + len(kinds)))).backward()  # its share of the mean
+            round_loss = round_loss.detach()
+        round_losses.append(round_loss)
+        if round_.index == 0:
+            stats["iou_first_point" if use_point else "iou_first_box"].append(
+                mask_iou(round_.logits, masks).mean().item())
+        if round_.last:
+            stats["iou_last"].append(mask_iou(round_.logits, masks).mean().item())
+
+    user = RandomErrorClick()  # SAM's: a uniformly random pixel of the error region
+    prompting_rounds(sam, embedding, prompts, kinds, on_round=score,
+                     clicks=lambda round_: user(round_.logits > 0, masks, generator))
+    return torch.stack(round_losses).mean()

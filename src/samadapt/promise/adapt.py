@@ -35,7 +35,7 @@ from samadapt.models.sam import LoadedModel, load_sam, sam_digest
 from samadapt.overlap import dice
 from samadapt.promise.adapter import ADAPTER_FILE, BEST_ADAPTER_FILE, AdapterSpec, PromiseAdapter, save_adapter
 from samadapt.promise.apm import class_priors, initial_point_layout, resolve_apm_size
-from samadapt.promise.objective import PromiseObjective, ground_truth_prompts, prompts_to
+from samadapt.promise.objective import AdaptedSlice, PromiseObjective, ground_truth_prompts, prompts_to
 from samadapt.promise.predict import automatic_masks, prompted_masks
 from samadapt.promise.samples import class_boxes, load_promise_slice, promise_slices
 from samadapt.runtime import resolve_device, setup
@@ -184,16 +184,15 @@ def adapt(
         per_slice = config.batch_size * config.grad_accum
         for b, sample in enumerate(samples):
             shift = None if shifts is None else shifts[b : b + 1]
+            adapted = AdaptedSlice(sample, shift)
             if config.has_apm:
-                labels = adapter.point_labels(points.shape[1], device)
-                loss, stats = objective.automatic_loss(loaded.sam, sample, points[b], labels,
-                                                       None if presence is None else presence[b], shift)
-                if shift is not None and config.promptable_weight > 0:
-                    prompted, prompted_stats = objective.prompted_loss(loaded.sam, sample, shift, generator)
-                    loss = loss + config.promptable_weight * prompted
-                    stats["prompted_mask_loss"] = prompted_stats["mask_loss"]
-            else:
-                loss, stats = objective.prompted_loss(loaded.sam, sample, shift, generator)
+                adapted.points, adapted.labels = points[b], adapter.point_labels(points.shape[1], device)
+                adapted.presence_logits = None if presence is None else presence[b]
+            loss, stats = objective.slice_loss(loaded.sam, adapted, generator)
+            if config.has_apm and shift is not None and config.promptable_weight > 0:
+                prompted, prompted_stats = objective.prompted_loss(loaded.sam, sample, shift, generator)
+                loss = loss + config.promptable_weight * prompted
+                stats["prompted_mask_loss"] = prompted_stats["mask_loss"]
             losses.append(loss)
             totals["prompts"] += stats["prompts"]
             for key in averaged:

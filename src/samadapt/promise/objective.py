@@ -51,9 +51,28 @@ def prompts_to(prompts: dict, device: torch.device | str) -> dict:
     return {"points": (points.to(device), labels.to(device))}
 
 
+@dataclass
+class AdaptedSlice:
+    """One training slice with the adapter's output for it: the sample of :meth:`PromiseObjective.slice_loss`.
+
+    - ``sample``: the slice (embedding, masks).
+    - ``shift``: ``1xTxC`` IPS shift of the mask tokens, or None (no IPS).
+    - ``points`` ``KxNx2`` (model-input px) and ``labels`` ``KxN``: the APM points of every adapter class, or
+      None (mode ``ips``: the objects are prompted with ground-truth prompts instead).
+    - ``presence_logits``: ``K``, or None (no presence head).
+    """
+
+    sample: PromiseSample
+    shift: torch.Tensor | None = None
+    points: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+    presence_logits: torch.Tensor | None = None
+
+
 @dataclass(frozen=True)
 class PromiseObjective:
-    """Settings of the objective (:class:`~samadapt.config.PromiseConfig` documents each)."""
+    """Settings of the objective (:class:`~samadapt.config.PromiseConfig` documents each); an
+    :class:`~samadapt.training.objective.Objective` of :class:`AdaptedSlice` samples."""
 
     presence_weight: float = 1.0
     ips_prompts: str = "mixed"
@@ -120,3 +139,13 @@ class PromiseObjective:
         loss = torch.cat(losses).mean()
         return loss, {"prompts": float(n), "mask_loss": float(loss.detach()),
                       "train_iou": float(torch.cat(ious).mean())}
+
+    def slice_loss(
+        self, sam: Sam, sample: AdaptedSlice, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The automatic loss where the adapter predicted APM points, else the prompted loss (ground-truth
+        prompts, mode ``ips``): scalar loss and statistics."""
+        if sample.points is not None:
+            return self.automatic_loss(sam, sample.sample, sample.points, sample.labels, sample.presence_logits,
+                                       sample.shift)
+        return self.prompted_loss(sam, sample.sample, sample.shift, generator)

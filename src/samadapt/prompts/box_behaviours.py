@@ -4,7 +4,8 @@ Each behaviour is a small frozen dataclass with named parameters, called on a ba
 ``behaviour(masks, generator, slice_masks=None) -> RegionPrompts`` with one box per region. ``masks`` are
 ``NxHxW`` bool in model-input pixels (the square frame of prepared data), ``slice_masks`` ``MxHxW`` every
 object of the slice (only :class:`NeighbourBox` needs them); the only randomness is ``generator``. Boxes are
-``Nx4`` float XYXY, inclusive last pixel (as :mod:`samadapt.prompts.boxes`), clamped to the frame. Sizes
+``Nx4`` float XYXY, inclusive last pixel, moved and clamped to the frame by :mod:`samadapt.prompts.boxes`'s
+perturbations (as fine-tuning's :class:`~samadapt.prompts.box_noise.BoxNoise`). Sizes
 are relative to each object's own box (``w = x1 - x0``, ``h = y1 - y0``), so a margin means the same on a
 liver and on a lesion.
 """
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from samadapt.prompts.boxes import boxes_from_masks, jitter_boxes_sam
+from samadapt.prompts.boxes import boxes_from_masks, grow_boxes, jitter_boxes_sam, keep_in_frame
 from samadapt.prompts.mask_geometry import distance_outside, nearest_neighbours
 from samadapt.prompts.region_prompts import RegionPrompts
 
@@ -27,15 +28,6 @@ def _uniform(n: int, low: float, high: float, generator: torch.Generator) -> tor
 
 def _sides(boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (boxes[:, 2] - boxes[:, 0]).clamp(min=1.0), (boxes[:, 3] - boxes[:, 1]).clamp(min=1.0)
-
-
-def _in_frame(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Clamp XYXY boxes to the frame, keeping at least one pixel of width and height."""
-    x0 = boxes[:, 0].clamp(0, width - 2)
-    y0 = boxes[:, 1].clamp(0, height - 2)
-    x1 = torch.maximum(boxes[:, 2].clamp(max=width - 1), x0 + 1)
-    y1 = torch.maximum(boxes[:, 3].clamp(max=height - 1), y0 + 1)
-    return torch.stack([x0, y0, x1, y1], dim=1)
 
 
 def _check_range(name: str, low: float, high: float, upper: float | None = None) -> None:
@@ -75,8 +67,7 @@ class LooseBox:
         n = boxes.shape[0]
         grow = torch.rand(n, 4, generator=generator) * (self.margin[1] - self.margin[0]) + self.margin[0]
         extent = torch.stack([w, h, w, h], dim=1)
-        moved = boxes + grow * extent * torch.tensor([-1.0, -1.0, 1.0, 1.0])
-        return RegionPrompts.from_boxes(_in_frame(moved, *masks.shape[-2:]))
+        return RegionPrompts.from_boxes(keep_in_frame(grow_boxes(boxes, grow * extent), *masks.shape[-2:]))
 
 
 @dataclass(frozen=True)
@@ -100,7 +91,7 @@ class ShiftedBox:
         angle = torch.rand(n, generator=generator) * 2 * math.pi
         dx, dy = size * angle.cos() * w, size * angle.sin() * h
         moved = boxes + torch.stack([dx, dy, dx, dy], dim=1)
-        return RegionPrompts.from_boxes(_in_frame(moved, *masks.shape[-2:]))
+        return RegionPrompts.from_boxes(keep_in_frame(moved, *masks.shape[-2:]))
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,10 @@
 
 Boxes are ``Nx4`` float XYXY in model-input pixels (inclusive last pixel, as :mod:`samadapt.prompts.boxes`).
 Organs and lesions get their own ranges: a 5 px error is nothing on a liver and most of a small lesion,
-so each range is also capped at a fraction of the box's side.
+so each range is also capped at a fraction of the box's side. The moves themselves are those of
+:mod:`samadapt.prompts.boxes` (:func:`~samadapt.prompts.boxes.grow_boxes`,
+:func:`~samadapt.prompts.boxes.jitter_boxes_sam`), which PHPG's simulated users
+(:mod:`samadapt.prompts.box_behaviours`) use too.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from samadapt.prompts.boxes import jitter_boxes_sam
+from samadapt.prompts.boxes import grow_boxes, jitter_boxes_sam, keep_in_frame
 
 BOX_NOISE_STYLES = ("mixed", "medsam", "sam", "none")
 
@@ -63,9 +66,8 @@ class BoxNoise:
     @staticmethod
     def _outward(boxes: torch.Tensor, limit: torch.Tensor, generator: torch.Generator, image_size: int) -> torch.Tensor:
         """MedSAM's noise: every side moves outward by U(0, ``limit``) (``limit``: ``Nx1`` px)."""
-        outward = torch.rand(boxes.shape, generator=generator) * limit
-        moved = boxes + outward * torch.tensor([-1.0, -1.0, 1.0, 1.0])
-        return moved.clamp(0, image_size - 1)
+        # an outward move never collapses a box: clamping it to the frame is enough
+        return grow_boxes(boxes, torch.rand(boxes.shape, generator=generator) * limit).clamp(0, image_size - 1)
 
     def _two_way(
         self, boxes: torch.Tensor, is_lesion: torch.Tensor, limit: torch.Tensor, generator: torch.Generator,
@@ -79,8 +81,4 @@ class BoxNoise:
                 moved = jitter_boxes_sam(boxes[rows], generator, image_size, self.sam_std, max_shift=cap)
                 delta = (moved - boxes[rows]).clamp(-limit[rows], limit[rows])
                 noisy[rows] = boxes[rows] + delta
-        x0 = torch.minimum(noisy[:, 0], noisy[:, 2] - 1).clamp(min=0)
-        y0 = torch.minimum(noisy[:, 1], noisy[:, 3] - 1).clamp(min=0)
-        x1 = torch.maximum(noisy[:, 2], x0 + 1).clamp(max=image_size - 1)
-        y1 = torch.maximum(noisy[:, 3], y0 + 1).clamp(max=image_size - 1)
-        return torch.stack([x0, y0, x1, y1], dim=1)
+        return keep_in_frame(noisy, image_size, image_size)

@@ -41,7 +41,8 @@ from samadapt.prompts.box_noise import BoxNoise
 from samadapt.runtime import resolve_device, setup
 from samadapt.training.engine import METRICS_FILE, STATE_FILE, EngineSettings, run_training
 from samadapt.training.multi_prompt import MultiPromptObjective
-from samadapt.training.phpg import PHPGObjective, phpg_objective_from_config
+from samadapt.training.objective import RegionObjective
+from samadapt.training.phpg import phpg_objective_from_config
 from samadapt.training.pruning import EpochPlanner, PruningSettings
 from samadapt.training.slice_data import SliceOrder, load_slice, training_slices
 
@@ -63,7 +64,7 @@ class FinetuneResult:
     selection: dict = field(default_factory=dict)  # which step model.pth is: rule, step, val_dice, last_*
 
 
-def objective_from_config(config: FinetuneConfig, embed_dim: int = 256) -> MultiPromptObjective | PHPGObjective:
+def objective_from_config(config: FinetuneConfig, embed_dim: int = 256) -> RegionObjective:
     """The objective a config describes: multi-prompt (or single-prompt) boxes, or PHPG (whose error head is
     built for embeddings of ``embed_dim`` channels)."""
     if config.objective == "phpg":

@@ -2,11 +2,12 @@
 
 For one slice with N objects (organs and lesions), the N perturbed ground-truth boxes go through SAM's
 prompt encoder and mask decoder together on the slice's single image embedding (SAM's batched prompts),
-giving one mask per box. The ``single`` baseline draws one random object per slice instead. Loss per
-prompt: Dice + BCE (or Dice + focal) on the masks upsampled to ``loss_size`` pixels (None: the model-input
-frame) against the ground truth area-downsampled to that size (soft targets), plus MSE between the IoU head
-and the actual IoU; the prompts of a slice are reduced by their mean or by their maximum (the paper's choice:
-back-propagate the worst-served object).
+giving one mask per box: the first round of :func:`~samadapt.models.prompting_rounds.prompting_rounds` with
+no round after it (PHPG, :mod:`samadapt.training.phpg`, adds the correction rounds). The ``single`` baseline
+draws one random object per slice instead. Loss per prompt: Dice + BCE (or Dice + focal) on the masks
+upsampled to ``loss_size`` pixels (None: the model-input frame) against the ground truth area-downsampled to
+that size (soft targets), plus MSE between the IoU head and the actual IoU; the prompts of a slice are reduced
+by their mean or by their maximum (the paper's choice: back-propagate the worst-served object).
 """
 
 from __future__ import annotations
@@ -18,24 +19,20 @@ import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
 
-from samadapt.models.decoder import SamDecoder, upscale_logits
+from samadapt.models.decoder import upscale_logits
+from samadapt.models.prompting_rounds import prompting_rounds
 from samadapt.prompts.box_noise import BoxNoise
 from samadapt.prompts.boxes import boxes_from_masks
+from samadapt.prompts.region_prompts import RegionPrompts
 from samadapt.training.losses import bce_loss, dice_loss, focal_loss, iou_head_loss, mask_iou
 from samadapt.training.slice_data import SliceSample
 
 
-@dataclass(frozen=True)
-class MultiPromptObjective:
-    """Settings of the objective (``FinetuneConfig`` documents each)."""
-
-    prompting: str = "multi"
-    max_prompts_per_slice: int = 32
-    noise: BoxNoise = BoxNoise()
-    loss: str = "dice+bce"
-    iou_weight: float = 1.0
-    prompt_reduction: str = "mean"
-    loss_size: int | None = None
+class RegionLosses:
+    """What the per-region objectives share (multi-prompt and :class:`~samadapt.training.phpg.PHPGObjective`):
+    the choice of objects, the per-prompt mask loss and the slice's reduction. Mixed into frozen dataclasses
+    with the fields ``prompting``, ``max_prompts_per_slice``, ``loss``, ``iou_weight``, ``prompt_reduction``
+    and ``loss_size`` (``FinetuneConfig`` documents each); the class supplies ``slice_losses``."""
 
     def choose_objects(self, n_objects: int, generator: torch.Generator) -> torch.Tensor:
         """Indices of the objects prompted this time: all (capped at a random subset), or one at random."""
@@ -63,6 +60,30 @@ class MultiPromptObjective:
             return logits, masks
         return logits, F.adaptive_avg_pool2d(masks[:, None].float(), size)[:, 0]
 
+    def reduce(self, losses: torch.Tensor) -> torch.Tensor:
+        """The slice's loss from its per-prompt losses: their mean, or their maximum."""
+        return losses.max() if self.prompt_reduction == "max" else losses.mean()
+
+    def slice_loss(
+        self, sam: Sam, sample: SliceSample, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Scalar loss of one slice and the statistics of ``slice_losses``."""
+        losses, _, stats = self.slice_losses(sam, sample, generator)
+        return self.reduce(losses), stats
+
+
+@dataclass(frozen=True)
+class MultiPromptObjective(RegionLosses):
+    """Settings of the objective (``FinetuneConfig`` documents each)."""
+
+    prompting: str = "multi"
+    max_prompts_per_slice: int = 32
+    noise: BoxNoise = BoxNoise()
+    loss: str = "dice+bce"
+    iou_weight: float = 1.0
+    prompt_reduction: str = "mean"
+    loss_size: int | None = None
+
     def slice_losses(
         self, sam: Sam, sample: SliceSample, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
@@ -76,19 +97,8 @@ class MultiPromptObjective:
         boxes = self.noise(boxes_from_masks(masks), sample.is_lesion[chosen], generator, image_size)
         masks = masks.to(device)
         prompt_s = time.perf_counter() - t0
-        low_res, iou_pred = SamDecoder(sam)(sample.embedding.to(device), boxes=boxes.to(device))
-        logits, targets = self.loss_frame(low_res[:, 0], masks, image_size)
-        losses = self.per_prompt_loss(logits, iou_pred.float(), targets)
+        first = prompting_rounds(sam, sample.embedding.to(device), RegionPrompts.from_boxes(boxes))  # no later round
+        logits, targets = self.loss_frame(first.chosen, masks, image_size)
+        losses = self.per_prompt_loss(logits, first.chosen_iou[:, None].float(), targets)
         iou = float(mask_iou(logits.detach(), targets >= 0.5).mean())
         return losses, chosen, {"prompts": float(len(chosen)), "train_iou": iou, "prompt_s": prompt_s}
-
-    def reduce(self, losses: torch.Tensor) -> torch.Tensor:
-        """The slice's loss from its per-prompt losses: their mean, or their maximum."""
-        return losses.max() if self.prompt_reduction == "max" else losses.mean()
-
-    def slice_loss(
-        self, sam: Sam, sample: SliceSample, generator: torch.Generator
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Scalar loss of one slice and the statistics of :meth:`slice_losses`."""
-        losses, _, stats = self.slice_losses(sam, sample, generator)
-        return self.reduce(losses), stats

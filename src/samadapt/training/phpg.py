@@ -10,7 +10,7 @@ fine-tuning; ``prompting=single``: one region):
    (:meth:`~samadapt.models.decoder.SamDecoder.all_outputs`).
 2. **Correction rounds** (``correction_rounds``, SAM's recipe: 8) and **mask-only rounds**
    (``mask_only_rounds``, SAM: 2; one placed at random among the corrections, the rest at the end, as
-   :meth:`~samadapt.pretraining.interactive.InteractiveRecipe.schedule`): every round decodes all regions
+   :func:`~samadapt.models.prompting_rounds.round_schedule`): every round decodes all regions
    again on the same embedding with the previous low-res logits as mask prompt; a correction round first adds
    one click per region, each region drawing its own correction behaviour from ``correction`` (RITM's
    largest-error interior or SAM's random error pixel, both labelled from the truth).
@@ -54,22 +54,20 @@ import torch
 from segment_anything.modeling import Sam
 from torch.utils.checkpoint import checkpoint
 
-from samadapt.models.decoder import SamDecoder, upscale_logits
 from samadapt.models.error_head import ErrorHead, error_head_loss, true_error
-from samadapt.models.region_decode import pick_outputs
-from samadapt.pretraining.interactive import InteractiveRecipe
+from samadapt.models.prompting_rounds import PromptRound, decode_all_outputs, prompting_rounds, round_schedule
 from samadapt.prompts.behaviour_mixture import BehaviourMixture, correction_mixture, first_mixture
-from samadapt.prompts.corrections import previous_logits_prompt
 from samadapt.training.losses import mask_iou
-from samadapt.training.multi_prompt import MultiPromptObjective
+from samadapt.training.multi_prompt import RegionLosses
 from samadapt.training.slice_data import SliceSample
 
 GUIDE_THRESHOLD = 0.5
 
 
 @dataclass(frozen=True)
-class PHPGObjective:
-    """Settings of the objective (``FinetuneConfig``'s ``phpg_*`` settings document each)."""
+class PHPGObjective(RegionLosses):
+    """Settings of the objective (``FinetuneConfig``'s ``phpg_*`` settings document each); the object choice,
+    mask loss and reduction are multi-prompt training's (:class:`~samadapt.training.multi_prompt.RegionLosses`)."""
 
     prompting: str = "multi"
     max_prompts_per_slice: int = 32
@@ -87,25 +85,13 @@ class PHPGObjective:
     regions_per_pass: int = 0
     recompute_passes: bool = False
 
-    @property
-    def _multi_prompt(self) -> MultiPromptObjective:
-        """Multi-prompt training's objective with this one's settings: its object choice and mask loss."""
-        return MultiPromptObjective(self.prompting, self.max_prompts_per_slice, loss=self.loss,
-                                    iou_weight=self.iou_weight, prompt_reduction=self.prompt_reduction,
-                                    loss_size=self.loss_size)
-
-    def choose_objects(self, n_objects: int, generator: torch.Generator) -> torch.Tensor:
-        """The regions prompted this time (as multi-prompt fine-tuning chooses its objects)."""
-        return self._multi_prompt.choose_objects(n_objects, generator)
-
     def _mask_loss(self, low_res: torch.Tensor, iou_pred: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """``NxK`` losses of low-res ``NxKx4gx4g`` logits and ``NxK`` IoU predictions against ``NxSxS`` masks:
         multi-prompt training's per-prompt loss (at ``loss_size``) for each of the K outputs."""
         n, k = iou_pred.shape
-        multi = self._multi_prompt
-        logits, targets = multi.loss_frame(low_res.reshape(n * k, *low_res.shape[2:]),
-                                           masks.repeat_interleave(k, dim=0), masks.shape[-1])
-        return multi.per_prompt_loss(logits, iou_pred.reshape(n * k, 1).float(), targets).reshape(n, k)
+        logits, targets = self.loss_frame(low_res.reshape(n * k, *low_res.shape[2:]),
+                                          masks.repeat_interleave(k, dim=0), masks.shape[-1])
+        return self.per_prompt_loss(logits, iou_pred.reshape(n * k, 1).float(), targets).reshape(n, k)
 
     def _round_loss(self, low_res: torch.Tensor, iou_pred: torch.Tensor, masks: torch.Tensor,
                     ambiguous: torch.Tensor) -> torch.Tensor:
@@ -134,52 +120,13 @@ class PHPGObjective:
     def _rounds(self, sam: Sam, embedding: torch.Tensor, masks: torch.Tensor, slice_masks: torch.Tensor,
                 generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         """Per-region losses ``N`` of the whole interactive sequence for regions ``masks`` (``NxSxS``)."""
-        device = embedding.device
-        image_size = sam.image_encoder.img_size
-        truth = masks.to(device)
-        prompt_s = 0.0
         t0 = time.perf_counter()
         prompts, _ = self.first.first_prompts(masks, generator, slice_masks)
-        kinds = ["first", *InteractiveRecipe(self.correction_rounds, self.mask_only_rounds).schedule(generator)]
-        prompt_s += time.perf_counter() - t0
-        previous = None
-        image = None  # the error head's response to the embedding: the same in every round, computed once
-        never = torch.zeros(len(prompts), dtype=torch.bool, device=device)
-        seg_losses, head_losses, ious = [], [], []
-        for r in range(len(kinds)):
-            low_res, iou_pred = self._recomputed(SamDecoder(sam).all_outputs, embedding, prompts.to(device), previous)
-            ambiguous = prompts.ambiguous.to(device) if r == 0 else never
-            seg_losses.append(self._round_loss(low_res, iou_pred, truth, ambiguous))
-            chosen, chosen_iou, _ = pick_outputs(low_res, iou_pred, ambiguous)
-            logits = upscale_logits(chosen.detach().float(), image_size)
-            ious.append(float(mask_iou(logits, truth).mean()))
-            error_logits = None
-            if self.error_head is not None:
-                if image is None:
-                    image = self.error_head.image_features(embedding, chosen.shape[-1])
-                error_logits = self._recomputed(self.error_head, chosen, chosen_iou, embedding, image_size,
-                                                image=image, upscaled_logits=logits)
-                head_losses.append(error_head_loss(error_logits, true_error(logits, truth)))
-            if r == len(kinds) - 1:
-                break
-            previous = previous_logits_prompt(chosen)
-            if kinds[r + 1] == "click":
-                t0 = time.perf_counter()
-                # drawn with or without a head, so that runs with and without guidance share their prompt draws
-                use_guide = torch.rand(len(prompts), generator=generator) < self.guidance_mix
-                guide = None
-                if error_logits is not None and self.guidance_mix > 0:
-                    guide = (error_logits.detach().sigmoid() > GUIDE_THRESHOLD).cpu()
-                points, labels, _ = self.correction.corrections((logits > 0).cpu(), masks, generator, guide, use_guide)
-                prompts = prompts.with_clicks(points, labels)
-                prompt_s += time.perf_counter() - t0
-        losses = torch.stack(seg_losses).mean(dim=0)
-        stats = {"iou_first": ious[0], "iou_last": ious[-1], "prompt_s": prompt_s}
-        if head_losses:
-            head = torch.stack(head_losses).mean(dim=0)
-            losses = losses + self.error_weight * head
-            stats["error_bce"] = float(head.detach().mean())
-        return losses, stats
+        kinds = round_schedule(self.correction_rounds, self.mask_only_rounds, generator)
+        sequence = _Sequence(self, embedding, masks, generator, prompt_s=time.perf_counter() - t0)
+        prompting_rounds(sam, embedding, prompts, kinds, sequence.clicks, on_round=sequence.score,
+                         decode_pass=lambda *args: self._recomputed(decode_all_outputs, *args))
+        return sequence.losses()
 
     def slice_losses(
         self, sam: Sam, sample: SliceSample, generator: torch.Generator
@@ -213,9 +160,61 @@ class PHPGObjective:
             stats["error_bce"] = mean("error_bce")
         return torch.cat(losses), chosen, stats
 
-    # the slice's loss from its per-region losses (mean or max), and the scalar form: as multi-prompt training
-    reduce = MultiPromptObjective.reduce
-    slice_loss = MultiPromptObjective.slice_loss
+
+class _Sequence:
+    """One interactive sequence of :meth:`PHPGObjective._rounds`: scores each round (``score``, the
+    ``on_round`` of :func:`~samadapt.models.prompting_rounds.prompting_rounds`) and draws its correction
+    clicks (``clicks``, the strategy), guided by the error head's prediction of the round before."""
+
+    def __init__(self, objective: PHPGObjective, embedding: torch.Tensor, masks: torch.Tensor,
+                 generator: torch.Generator, prompt_s: float) -> None:
+        self.objective, self.embedding, self.masks, self.generator = objective, embedding, masks, generator
+        self.truth = masks.to(embedding.device)
+        self.prompt_s = prompt_s
+        self.seg_losses: list[torch.Tensor] = []
+        self.head_losses: list[torch.Tensor] = []
+        self.ious: list[float] = []
+        self.image = None  # the error head's response to the embedding: the same in every round, computed once
+        self.error_logits: torch.Tensor | None = None
+
+    def score(self, round_: PromptRound) -> None:
+        """The round's per-region loss, its IoU and, with an error head, the head's prediction and loss."""
+        objective = self.objective
+        self.seg_losses.append(objective._round_loss(round_.low_res, round_.iou_pred, self.truth, round_.ambiguous))
+        self.ious.append(float(mask_iou(round_.logits, self.truth).mean()))
+        self.error_logits = None
+        if objective.error_head is not None:
+            if self.image is None:
+                self.image = objective.error_head.image_features(self.embedding, round_.chosen.shape[-1])
+            self.error_logits = objective._recomputed(
+                objective.error_head, round_.chosen, round_.chosen_iou, self.embedding, round_.image_size,
+                image=self.image, upscaled_logits=round_.logits)
+            self.head_losses.append(error_head_loss(self.error_logits, true_error(round_.logits, self.truth)))
+
+    def clicks(self, round_: PromptRound) -> tuple[torch.Tensor, torch.Tensor]:
+        """One correction click per region, each by its own drawn behaviour; a share ``guidance_mix`` placed in
+        the error the head predicted."""
+        t0 = time.perf_counter()
+        objective = self.objective
+        # drawn with or without a head, so that runs with and without guidance share their prompt draws
+        use_guide = torch.rand(len(round_.prompts), generator=self.generator) < objective.guidance_mix
+        guide = None
+        if self.error_logits is not None and objective.guidance_mix > 0:
+            guide = (self.error_logits.detach().sigmoid() > GUIDE_THRESHOLD).cpu()
+        points, labels, _ = objective.correction.corrections((round_.logits > 0).cpu(), self.masks, self.generator,
+                                                             guide, use_guide)
+        self.prompt_s += time.perf_counter() - t0
+        return points, labels
+
+    def losses(self) -> tuple[torch.Tensor, dict[str, float]]:
+        """Per-region losses ``N`` (mean over rounds, plus the weighted error-head loss) and statistics."""
+        losses = torch.stack(self.seg_losses).mean(dim=0)
+        stats = {"iou_first": self.ious[0], "iou_last": self.ious[-1], "prompt_s": self.prompt_s}
+        if self.head_losses:
+            head = torch.stack(self.head_losses).mean(dim=0)
+            losses = losses + self.objective.error_weight * head
+            stats["error_bce"] = float(head.detach().mean())
+        return losses, stats
 
 
 def phpg_objective_from_config(config, embed_dim: int) -> PHPGObjective:
