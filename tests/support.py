@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,19 @@ def one_line_error(result, *words: str) -> str:
     for word in words:
         assert word in lines[0], (word, lines[0])
     return lines[0]
+
+
+def error_after_bars(stderr: str, *words: str) -> str:
+    """The error line of a command that failed after it showed progress: the last line of ``stderr`` and its
+    only error line (no traceback); what comes before it may only be progress bars (tqdm's, ``\\r``-separated,
+    or a status line ``name: elapsed``). It must name every one of ``words``."""
+    lines = [line for line in stderr.replace("\r", "\n").splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("samadapt: error: "), stderr
+    assert not [line for line in lines[:-1] if "error" in line.lower() or "Traceback" in line], stderr
+    assert all("|" in line or re.fullmatch(r"[\w .-]+: \d\d:\d\d", line) for line in lines[:-1]), stderr
+    for word in words:
+        assert word in lines[-1], (word, lines[-1])
+    return lines[-1]
 
 
 def synthetic_prepared(
