@@ -24,12 +24,15 @@ def one_line_error(result, *words: str) -> str:
 
 def error_after_bars(stderr: str, *words: str) -> str:
     """The error line of a command that failed after it showed progress: the last line of ``stderr`` and its
-    only error line (no traceback); what comes before it may only be progress bars (tqdm's, ``\\r``-separated,
-    or a status line ``name: elapsed``). It must name every one of ``words``."""
-    lines = [line for line in stderr.replace("\r", "\n").splitlines() if line.strip()]
+    only error line (no traceback); what comes before it may only be tqdm's progress bars (``\\r``-separated,
+    with cursor moves; ``desc: 40%|...``, ``desc: 4slice [00:00, ...]``) or a status line (``desc: 00:00``).
+    It must name every one of ``words``."""
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", stderr).replace("\r", "\n")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     assert lines and lines[-1].startswith("samadapt: error: "), stderr
     assert not [line for line in lines[:-1] if "error" in line.lower() or "Traceback" in line], stderr
-    assert all("|" in line or re.fullmatch(r"[\w .-]+: \d\d:\d\d", line) for line in lines[:-1]), stderr
+    bar = re.compile(r"[^:]+: (.*\|.*|\d+\S* \[[^]]*\]|\d\d:\d\d)")
+    assert all(bar.fullmatch(line) for line in lines[:-1]), stderr
     for word in words:
         assert word in lines[-1], (word, lines[-1])
     return lines[-1]
