@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +42,25 @@ def error_after_bars(stderr: str, *words: str) -> str:
     for word in words:
         assert word in lines[-1], (word, lines[-1])
     return lines[-1]
+
+
+def killed_midway(script: str, ready: Callable[[], bool], log: Path, timeout: float = 240.0) -> None:
+    """Run ``python -c script`` and ``kill -9`` it as soon as ``ready()`` holds (polled every 20 ms); fails if
+    the process ended on its own first. Its output goes to ``log`` (a pipe could fill up and stall it)."""
+    with open(log, "wb") as output:
+        process = subprocess.Popen([sys.executable, "-c", script], stdout=output, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        try:
+            while not ready():
+                assert process.poll() is None, f"ended before the kill (exit {process.returncode}): {log.read_text()}"
+                assert time.monotonic() < deadline, f"not ready after {timeout} s: {log.read_text()}"
+                time.sleep(0.02)
+            os.kill(process.pid, signal.SIGKILL)
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+    assert process.returncode == -signal.SIGKILL, (process.returncode, log.read_text())
 
 
 def synthetic_prepared(
