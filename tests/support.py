@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +26,41 @@ def one_line_error(result, *words: str) -> str:
     for word in words:
         assert word in lines[0], (word, lines[0])
     return lines[0]
+
+
+def error_after_bars(stderr: str, *words: str) -> str:
+    """The error line of a command that failed after it showed progress: the last line of ``stderr`` and its
+    only error line (no traceback); what comes before it may only be tqdm's progress bars (``\\r``-separated,
+    with cursor moves; ``desc: 40%|...``, ``desc: 4slice [00:00, ...]``) or a status line (``desc: 00:00``).
+    It must name every one of ``words``."""
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", stderr).replace("\r", "\n")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("samadapt: error: "), stderr
+    assert not [line for line in lines[:-1] if "error" in line.lower() or "Traceback" in line], stderr
+    bar = re.compile(r"[^:]+: (.*\|.*|\d+\S* \[[^]]*\]|\d\d:\d\d)")
+    assert all(bar.fullmatch(line) for line in lines[:-1]), stderr
+    for word in words:
+        assert word in lines[-1], (word, lines[-1])
+    return lines[-1]
+
+
+def killed_midway(script: str, ready: Callable[[], bool], log: Path, timeout: float = 240.0) -> None:
+    """Run ``python -c script`` and ``kill -9`` it as soon as ``ready()`` holds (polled every 20 ms); fails if
+    the process ended on its own first. Its output goes to ``log`` (a pipe could fill up and stall it)."""
+    with open(log, "wb") as output:
+        process = subprocess.Popen([sys.executable, "-c", script], stdout=output, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        try:
+            while not ready():
+                assert process.poll() is None, f"ended before the kill (exit {process.returncode}): {log.read_text()}"
+                assert time.monotonic() < deadline, f"not ready after {timeout} s: {log.read_text()}"
+                time.sleep(0.02)
+            os.kill(process.pid, signal.SIGKILL)
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+    assert process.returncode == -signal.SIGKILL, (process.returncode, log.read_text())
 
 
 def synthetic_prepared(

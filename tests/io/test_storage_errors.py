@@ -14,7 +14,9 @@ import typer
 from typer.testing import CliRunner
 
 from samadapt.cli import app, user_errors_exit_2
-from samadapt.io.atomic import is_temporary
+from samadapt.data import prepare as prepare_module
+from samadapt.data.prepared import PREPARE_MARKER, PreparedDataset
+from support import error_after_bars
 
 
 @pytest.mark.parametrize("code, advice", [
@@ -96,4 +98,43 @@ def test_prepare_on_a_full_disk_is_one_line_and_leaves_no_temporaries(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"samadapt: error: {out}"), lines
     assert "file size limit" in lines[0] or "written in full" in lines[0]
-    assert not [p for p in out.rglob("*") if is_temporary(p.name)]
+    assert not out.exists()  # nothing half-done: not even the folder, its marker or an empty cases/
+
+
+def test_prepare_on_a_full_disk_takes_back_only_what_this_run_wrote(tmp_path, monkeypatch):
+    """ENOSPC right after a case folder is complete (its directory fsync, say): a new folder goes entirely;
+    in an unfinished dataset of an earlier run, only this run's cases go, and a rerun keeps the earlier ones."""
+    raw = tmp_path / "raw"
+    assert CliRunner().invoke(app, ["phantoms", str(raw), "--cases", "2", "--size", "8,32,32"]).exit_code == 0
+    real_write_case = prepare_module.write_case
+
+    def failing_at(failing: str, error: BaseException):
+        def write_case(out, case_id, *args, **kwargs):
+            real_write_case(out, case_id, *args, **kwargs)
+            if case_id == failing:
+                raise error
+        return write_case
+
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    args = ["prepare", str(raw), str(tmp_path / "new"), "--image-size", "64"]
+    monkeypatch.setattr(prepare_module, "write_case", failing_at("phantom_001", full))
+    failed = CliRunner().invoke(app, args)
+    assert failed.exit_code == 2 and error_after_bars(failed.stderr, "new", "no space left")
+    assert not (tmp_path / "new").exists()  # phantom_000 was whole, but this run made it: gone too
+
+    out = tmp_path / "unfinished"
+    args[2] = str(out)
+    monkeypatch.setattr(prepare_module, "write_case", failing_at("phantom_001", KeyboardInterrupt()))
+    assert CliRunner().invoke(app, args).exit_code != 0  # an interrupted run: phantom_000 and the marker stay
+    first = (out / "cases" / "phantom_000" / "images.npy").stat().st_mtime_ns
+    assert (out / PREPARE_MARKER).is_file() and (out / "cases" / "phantom_001").is_dir()
+    (out / "cases" / "phantom_001" / "images.npy").write_bytes(b"damaged")  # so that the next run rewrites it
+    monkeypatch.setattr(prepare_module, "write_case", failing_at("phantom_001", full))
+    failed = CliRunner().invoke(app, args)
+    assert failed.exit_code == 2 and error_after_bars(failed.stderr, "unfinished", "no space left")
+    assert sorted(p.name for p in (out / "cases").iterdir()) == ["phantom_000"]
+    assert (out / PREPARE_MARKER).is_file() and not (out / "manifest.json").exists()
+    monkeypatch.setattr(prepare_module, "write_case", real_write_case)
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert (out / "cases" / "phantom_000" / "images.npy").stat().st_mtime_ns == first  # the earlier run's case kept
+    assert PreparedDataset(out).case_ids() == ["phantom_000", "phantom_001"]

@@ -51,7 +51,7 @@ from samadapt.data.prepared import (
     write_manifest,
 )
 from samadapt.data.windowing import Window, parse_window
-from samadapt.errors import ConfigError, DatasetError, GeometryMismatchError, InputFileError
+from samadapt.errors import ConfigError, DatasetError, GeometryMismatchError, InputFileError, storage_error
 from samadapt.io.atomic import write_json_atomic
 from samadapt.io.volume import Geometry, check_path_encodable, check_same_grid, read_header_geometry, read_volume
 from samadapt.progress import Progress
@@ -529,9 +529,44 @@ def prepare_dataset(source: str | Path, out: str | Path, config: PrepareConfig,
     Raises :class:`DatasetError` (empty dataset, undeclared label values, no objects left),
     :class:`InputFileError` (unreadable, NaN or absurdly large images), :class:`GeometryMismatchError`
     (label off its image's grid) and :class:`ConfigError` (bad settings, an ``out`` folder holding
-    something else).
+    something else). A storage failure (a full disk: an ``OSError`` or
+    :class:`~samadapt.errors.StorageError`) takes back what this run wrote first (:func:`_remove_written`).
     """
-    source, out = Path(source), Path(out)
+    out = Path(out)
+    existed = out.is_dir()
+    fresh = not existed or not any(out.iterdir())  # nothing of an earlier run there
+    written: list[str] = []
+    try:
+        return _prepare(Path(source), out, config, progress, written)
+    except BaseException as err:
+        if storage_error(err) is not None:
+            _remove_written(out, fresh, existed, written)
+        raise
+
+
+def _remove_written(out: Path, fresh: bool, existed: bool, written: list[str]) -> None:
+    """After a storage failure (a full disk): take back what this run wrote, so that nothing half-done stays.
+
+    A folder that was empty (``fresh``) is emptied again, and removed if this run made it (not ``existed``);
+    in an unfinished dataset of an earlier run only the case folders this run wrote go, and its marker
+    stays, so that a rerun still recognises the folder and keeps the earlier run's cases.
+    """
+    if fresh:
+        for child in out.iterdir() if out.is_dir() else ():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+        if not existed and out.is_dir():
+            out.rmdir()
+        return
+    for case_id in written:
+        shutil.rmtree(case_dir(out, case_id), ignore_errors=True)
+
+
+def _prepare(source: Path, out: Path, config: PrepareConfig, progress: Progress | None,
+             written: list[str]) -> PreparedDataset:
+    """:func:`prepare_dataset`; appends the id of every case folder it (re)writes to ``written`` first."""
     if not source.is_dir():
         raise InputFileError(f"{source}: no such dataset folder; point to an nnU-Net dataset or a 2D folder")
     if out.resolve() == source.resolve() or source.resolve() in out.resolve().parents:
@@ -607,6 +642,7 @@ def prepare_dataset(source: str | Path, out: str | Path, config: PrepareConfig,
                 if not marked:
                     write_json_atomic(out / PREPARE_MARKER, marker)
                     marked = True
+                written.append(case_id)
                 write_case(out, case_id, result.images, result.labels, result.objects, result.meta)
                 done[case_id] = (int(result.images.shape[0]), len(result.objects))
         if progress is not None:

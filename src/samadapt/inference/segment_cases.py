@@ -13,11 +13,13 @@ Outputs, per case, in ``OUT``:
   that decided the result.
 
 Each case is written in three atomic steps: a provisional sidecar (``"finished": null``), the label volume,
-then the final sidecar. A rerun skips a case whose finished sidecar holds the same ``request`` (same input
-file, model checkpoint, prompts and settings) and redoes any other, so a killed run resumes and a changed
-prompt is never answered with a stale volume. Every case's prompts are checked against its grid before the
-first case is segmented, and so is every NIfTI input for NaN or infinite voxels (which ITK's NIfTI reader
-would turn into 0 without a word).
+then the final sidecar. A failure while a case is written (a full disk) removes that case's files, and an
+``OUT`` the run created stays only if a case was finished in it, so nothing half-written is left; only a
+``kill -9`` can leave a provisional sidecar. A rerun skips a case whose finished sidecar holds the same
+``request`` (same input file, model checkpoint, prompts and settings) and redoes any other, so a killed run
+resumes and a changed prompt is never answered with a stale volume. Every case's prompts are checked
+against its grid before the first case is segmented, and so is every NIfTI input for NaN or infinite voxels
+(which ITK's NIfTI reader would turn into 0 without a word).
 
 Files segment did not write are never replaced: a ``<case_id>.json`` in ``OUT`` that is not a segment
 sidecar, or a ``<case_id>.nii.gz`` without one, stops the run before any case is segmented (move the file
@@ -254,6 +256,9 @@ def segment_cases(
     check_path_encodable(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: is a file; give a folder for the label volumes (--out)")
+    blocking = next((p for p in out.absolute().parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:  # found now, not when the first case is written
+        raise ConfigError(f"{blocking}: is a file where a folder of --out {out} is needed; choose another --out")
     check_outputs_are_ours(out, [case.case_id for case in cases])
     planned = []
     model = _model_identity(segmenter, model_label)
@@ -263,6 +268,20 @@ def segment_cases(
         case_prompts = prompts.prompts_for(case.case_id, geometry, single) if prompts is not None else None
         planned.append((case, case_prompts, _request(case, model, adapter_label, prompts, settings, single)))
     summary = SegmentSummary(out)
+    created = not out.exists()
+    try:
+        _segment_planned(out, planned, segmenter, prompts, settings, bars, on_case, summary)
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # the run made it and finished nothing in it
+        raise
+    return summary
+
+
+def _segment_planned(out: Path, planned: list, segmenter: Segmenter, prompts: PromptFile | None,
+                     settings: SegmentSettings, bars: BarFactory, on_case: Callable[[str, str], None] | None,
+                     summary: SegmentSummary) -> None:
+    """The loop of :func:`segment_cases` over its checked ``(case, prompts, request)`` plan; fills ``summary``."""
     seconds = slices = 0.0
     with bars("segment", len(planned)) as case_bar:
         for case, case_prompts, request in planned:
@@ -288,7 +307,6 @@ def segment_cases(
             if on_case is not None:
                 on_case(case.case_id, "skipped" if case.case_id in summary.skipped else "written")
     summary.seconds_per_slice = seconds / slices if slices else 0.0
-    return summary
 
 
 def _write_case(out: Path, case: Case, geometry: Geometry, result: VolumeSegmentation, labels_table: dict,
@@ -298,11 +316,16 @@ def _write_case(out: Path, case: Case, geometry: Geometry, result: VolumeSegment
     # is killed between the two writes, so a rerun can tell its own files from the user's.
     write_json_atomic(sidecar_path, {"case_id": case.case_id, "source": str(case.path), "output": volume_path.name,
                                      "finished": None, "request": request})
-    write_volume(result.labels, geometry, volume_path)
-    write_json_atomic(sidecar_path, {
-        "case_id": case.case_id, "labels": labels_table, "source": str(case.path), "output": volume_path.name,
-        "mode": mode, "window": slices.window.to_dict(), "axis": slices.axis, "objects": result.objects,
-        "slices_decoded": result.slices_decoded, "seconds": round(result.seconds, 3),
-        "seconds_per_slice": round(result.seconds_per_slice, 4), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "request": request,
-    })
+    try:
+        write_volume(result.labels, geometry, volume_path)
+        write_json_atomic(sidecar_path, {
+            "case_id": case.case_id, "labels": labels_table, "source": str(case.path), "output": volume_path.name,
+            "mode": mode, "window": slices.window.to_dict(), "axis": slices.axis, "objects": result.objects,
+            "slices_decoded": result.slices_decoded, "seconds": round(result.seconds, 3),
+            "seconds_per_slice": round(result.seconds_per_slice, 4), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "request": request,
+        })
+    except BaseException:  # a full disk, an interrupt: this case is written in full or not at all
+        volume_path.unlink(missing_ok=True)
+        sidecar_path.unlink(missing_ok=True)
+        raise

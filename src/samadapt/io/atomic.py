@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from samadapt.errors import storage_error
+from samadapt.errors import StorageError, storage_error
 
 
 def _current_umask() -> int:
@@ -49,7 +49,11 @@ def fsync_path(path: str | os.PathLike[str]) -> None:
 
 def _storage_failure(err: BaseException, final: Path, tmp: Path | None) -> BaseException:
     """``err`` as a StorageError when it is a storage failure (naming ``final`` unless it names a path other
-    than the temporary ``tmp`` and what lies in it), else ``err`` itself."""
+    than the temporary ``tmp`` and what lies in it), else ``err`` itself. A StorageError of a nested atomic
+    write inside the temporary folder ``tmp`` (which is gone by the time it is read) is renamed to ``final``."""
+    if isinstance(err, StorageError) and tmp is not None and str(err).startswith(os.fspath(tmp) + os.sep):
+        inner = str(err)[len(os.fspath(tmp)):]
+        return StorageError(f"{final}: {inner.split(': ', 1)[1]}") if ": " in inner else err
     named = getattr(err, "filename", None)
     ours = named is None or is_temporary(Path(os.fsdecode(named)).name) or (
         tmp is not None and os.fsdecode(named).startswith(os.fspath(tmp)))

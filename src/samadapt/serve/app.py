@@ -23,10 +23,13 @@ API (JSON unless stated; ``{sid}`` = a session id from opening a volume; coordin
 
 Security: the server binds ``127.0.0.1`` unless told otherwise; requests must name an allowed ``Host``
 (against DNS rebinding) and state-changing requests from another ``Origin`` are refused; volumes are read
-only from the data folder (:class:`~samadapt.serve.data_folder.DataFolder`) or from uploads, which stream
-to a private temporary folder and stop at ``max_upload_bytes`` (413); every body is a pydantic model
-(422 with JSON ``detail``); user errors answer JSON ``{"detail": "..."}`` (400, 403, 404, 409, 413, 422),
-and anything unexpected a bare 500 ``{"detail": "internal error"}``; no traceback ever reaches a client.
+only from the data folder (:class:`~samadapt.serve.data_folder.DataFolder`; what its listing hides cannot
+be opened by name) or from uploads, which stream to a private temporary folder and stop at
+``max_upload_bytes`` (413), and are decompressed under a byte budget before they are read
+(:mod:`samadapt.serve.decompress`); any other body stops at ``max_body_bytes`` (413,
+:mod:`samadapt.serve.body_limit`); every body is a pydantic model (422 with JSON ``detail``); user errors
+answer JSON ``{"detail": "..."}`` (400, 403, 404, 409, 413, 422), and anything unexpected a bare 500
+``{"detail": "internal error"}``; no traceback ever reaches a client.
 The page's inline script is allowed by its sha256 in a strict Content-Security-Policy.
 """
 
@@ -48,9 +51,12 @@ from urllib.parse import urlsplit
 from samadapt.errors import ConfigError, InputFileError, PromptError, SamadaptError
 from samadapt.io.volume import VOLUME_SUFFIXES
 from samadapt.models.sam import LoadedModel
+from samadapt.serve.body_limit import BodySizeLimit
 from samadapt.serve.data_folder import DataFolder, OutsideDataFolderError, VolumeNotFoundError
+from samadapt.serve.decompress import gunzip_within
 from samadapt.serve.schemas import WINDOW_NAME, AutoRequest, CommitRequest, OpenVolume, PromptRequest, SliceRequest
 from samadapt.serve.sessions import (
+    HEADER_BYTES,
     AutoUnavailableError,
     NothingToUndoError,
     ServeSettings,
@@ -58,7 +64,9 @@ from samadapt.serve.sessions import (
     SessionStore,
     VolumeSession,
     VolumeTooLargeError,
+    check_volume_header,
     read_checked_volume,
+    volume_byte_budget,
 )
 
 try:
@@ -74,6 +82,7 @@ except ImportError as err:  # pragma: no cover - exercised only in installs with
 LOG = logging.getLogger("samadapt.serve")
 UPLOAD_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")  # single-file formats (no detached headers)
 SESSION_ID = r"^[0-9a-f]{32}$"
+UPLOAD_PATH = "/api/uploads"  # the one route whose body is not JSON (its own limit: max_upload_bytes)
 
 
 class UploadTooLargeError(InputFileError):
@@ -139,6 +148,7 @@ def create_app(loaded: LoadedModel, settings: ServeSettings | None = None, adapt
 
     app = FastAPI(title="samadapt", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.store, app.state.settings, app.state.upload_dir, app.state.onnx = store, settings, upload_dir, onnx
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, exempt=(UPLOAD_PATH,))
 
     def hide(message: str) -> str:
         message = message.replace(str(upload_dir), "<upload>")
@@ -188,6 +198,9 @@ def create_app(loaded: LoadedModel, settings: ServeSettings | None = None, adapt
     def open_session(path: Path, name: str, owned: Path | None = None) -> dict:
         try:
             try:
+                if owned is not None:  # an upload: checked from its header, then decompressed within the budget
+                    check_volume_header(path, settings.max_voxels, name)
+                    path = owned = gunzip_within(path, volume_byte_budget(settings.max_voxels) + HEADER_BYTES, name)
                 volume = read_checked_volume(path, settings.max_voxels, name)
             except SamadaptError as err:  # name the file as the client knows it
                 raise type(err)(str(err).replace(str(path), name)) from None
@@ -218,12 +231,9 @@ def create_app(loaded: LoadedModel, settings: ServeSettings | None = None, adapt
     def open_volume(body: OpenVolume) -> dict:
         if data is None:
             raise VolumeNotFoundError("this server has no data folder (start it with --data DIR); upload a volume")
-        path = data.resolve(body.path)
-        if path.is_file() and not path.name.lower().endswith(VOLUME_SUFFIXES):
-            raise InputFileError(f"{body.path}: not a volume file ({', '.join(VOLUME_SUFFIXES)}) or DICOM folder")
-        return open_session(path, body.path)
+        return open_session(data.resolve(body.path), body.path)
 
-    @app.post("/api/uploads")
+    @app.post(UPLOAD_PATH)
     async def upload(request: Request, filename: str = Query(min_length=1, max_length=255)) -> dict:
         suffix = upload_suffix(filename)
         limit = settings.max_upload_bytes

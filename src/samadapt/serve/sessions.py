@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import SimpleITK as sitk
 
 from samadapt.data.windowing import CT_PRESETS, parse_window
 from samadapt.errors import ConfigError, InputFileError, PromptError, SamadaptError
@@ -63,7 +64,12 @@ class ServeSettings:
 
     - ``data_dir``: the folder volumes may be opened from (None: uploads only).
     - ``max_upload_bytes``: largest accepted upload (HTTP 413 beyond).
-    - ``max_voxels``: largest volume accepted, from its header, before reading voxels (HTTP 413 beyond).
+    - ``max_voxels``: largest volume accepted, from its header, before reading voxels (HTTP 413 beyond);
+      2**27 (a 512 x 512 x 512 CT) by default. Its voxel data may also take at most
+      :func:`volume_byte_budget` bytes (4 per voxel: a float32 volume at the voxel limit), which also bounds
+      how far an upload is decompressed (:func:`~samadapt.serve.decompress.gunzip_within`).
+    - ``max_body_bytes``: largest request body other than an upload (HTTP 413 beyond, refused before it is
+      read in full; see :mod:`samadapt.serve.body_limit`). The API's JSON bodies take a few hundred bytes.
     - ``max_sessions``: open volumes kept; opening one more drops the least recently used (its labels too).
     - ``max_cached_slices``: embedding cache per session (slices).
     - ``undo_depth``: commits that can be undone per session.
@@ -74,7 +80,8 @@ class ServeSettings:
 
     data_dir: Path | None = None
     max_upload_bytes: int = 512 * 1024 * 1024
-    max_voxels: int = 200_000_000
+    max_voxels: int = 2**27
+    max_body_bytes: int = 64 * 1024
     max_sessions: int = 4
     max_cached_slices: int = 64
     undo_depth: int = 50
@@ -82,14 +89,48 @@ class ServeSettings:
     decoder: str = "torch"
 
 
-def read_checked_volume(path: Path, max_voxels: int, shown_name: str) -> Volume:
-    """Read a volume after checking its header's voxel count against ``max_voxels``."""
+BYTES_PER_VOXEL = 4  # of the byte budget: a float32 volume may reach the voxel limit, a float64 one half of it
+HEADER_BYTES = 1 << 20  # room for a file's header and extensions in the budget of a decompressed upload
+
+
+def volume_byte_budget(max_voxels: int) -> int:
+    """Bytes a volume's voxel data may take under a voxel limit of ``max_voxels`` (see :class:`ServeSettings`)."""
+    return BYTES_PER_VOXEL * max_voxels
+
+
+def check_volume_header(path: Path, max_voxels: int, shown_name: str) -> None:
+    """:class:`VolumeTooLargeError` unless a volume's header gives at most ``max_voxels`` voxels, and at most
+    :func:`volume_byte_budget` bytes of them in its voxel type; reads no voxels (but a DICOM folder's)."""
     geometry = read_geometry(path)
     voxels = int(np.prod(geometry.size, dtype=np.int64))
     if voxels > max_voxels:
         raise VolumeTooLargeError(f"{shown_name}: {voxels} voxels exceed this server's limit of {max_voxels}; "
                              "crop or resample the volume")
+    voxel_bytes = voxels * _bytes_per_voxel(path)
+    if voxel_bytes > volume_byte_budget(max_voxels):
+        raise VolumeTooLargeError(f"{shown_name}: {voxel_bytes} bytes of voxels exceed this server's limit of "
+                                  f"{volume_byte_budget(max_voxels)}; convert it to a smaller voxel type, crop "
+                                  "or resample it")
+
+
+def read_checked_volume(path: Path, max_voxels: int, shown_name: str) -> Volume:
+    """Read a volume after :func:`check_volume_header`."""
+    check_volume_header(path, max_voxels, shown_name)
     return read_volume(path)
+
+
+def _bytes_per_voxel(path: Path) -> int:
+    """Bytes per voxel (all components) from a file's header; 1 when it has none to read (a DICOM folder)."""
+    if not path.is_file():
+        return 1
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return 1  # reading the volume reports what is wrong with it
+    one = sitk.Image([1] * reader.GetDimension(), reader.GetPixelID(), reader.GetNumberOfComponents())
+    return sitk.GetArrayViewFromImage(one).itemsize * reader.GetNumberOfComponents()
 
 
 class VolumeSession:
