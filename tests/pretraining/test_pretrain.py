@@ -413,3 +413,17 @@ def test_tiny_pretraining_on_the_engine_learns(tmp_path):
     losses = [r["loss"] for r in records]
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.75 * first, losses
+
+
+@pytest.mark.parametrize("setting, expected", [
+    ("init_from=no_such_model.pth", "no_such_model.pth: neither a checkpoint file"),
+    ("device=cuda", "no CUDA GPU is available; use --device cpu"),
+    ("model=no_such_model", "is not a registered architecture"),
+])
+def test_a_bad_start_writes_nothing(tmp_path, setting, expected):
+    if setting == "device=cuda" and torch.cuda.is_available():
+        pytest.skip("needs a machine without a CUDA GPU")
+    out = tmp_path / "run"
+    line = one_line_error(CliRunner().invoke(app, ["pretrain", str(out), *_cli_settings(CONFIG), "--set", setting]))
+    assert expected in line
+    assert not out.exists()  # a plain rerun with the setting fixed is not refused
