@@ -210,6 +210,7 @@ def prepare_run_folder(
                             "afresh, with the setting fixed)") from None
         return config
     entries = list(run_dir.iterdir()) if run_dir.exists() else []
+
     def stepless(name: str) -> bool:
         return name in _STEPLESS or is_temporary(name) or any(fnmatch.fnmatchcase(name, p) for p in regenerable)
 
