@@ -43,11 +43,11 @@ def plot_curve(runs: list[Path], out: Path) -> dict:
     """
     records, starts, offset, wall = [], [], 0, 0.0
     for run in runs:
-        stage = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
+        stage = [_engine_keys(json.loads(line)) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
         starts.append(offset)
         records += [{**r, "step": r["step"] + offset} for r in stage]
-        offset, wall = offset + stage[-1]["step"], wall + stage[-1]["elapsed_s"]
-    evals = [r for r in records if "eval_box_iou" in r]
+        offset, wall = offset + stage[-1]["step"], wall + _wall_s(run, stage)
+    evals = [r for r in records if "val_box_iou" in r]
     fig, ax = pyplot().subplots(figsize=(6.5, 4))
     window = 20
     steps = [r["step"] for r in records]
@@ -56,8 +56,8 @@ def plot_curve(runs: list[Path], out: Path) -> dict:
         smooth = [sum(values[max(0, i - window + 1) : i + 1]) / len(values[max(0, i - window + 1) : i + 1])
                   for i in range(len(values))]
         ax.plot(steps, smooth, alpha=0.6, label=f"{label} ({window}-step mean)")
-    ax.plot([r["step"] for r in evals], [r["eval_box_iou"] for r in evals], "o-", label="held-out: box IoU")
-    ax.plot([r["step"] for r in evals], [r["eval_point_iou"] for r in evals], "s-", label="held-out: 1-click IoU")
+    ax.plot([r["step"] for r in evals], [r["val_box_iou"] for r in evals], "o-", label="held-out: box IoU")
+    ax.plot([r["step"] for r in evals], [r["val_point_iou"] for r in evals], "s-", label="held-out: 1-click IoU")
     for start in starts[1:]:
         ax.axvline(start, color="grey", linestyle=":", linewidth=1)
     ax.set_xlabel("step" if len(runs) == 1 else "step (all stages; dotted: a stage starts)")
@@ -67,7 +67,22 @@ def plot_curve(runs: list[Path], out: Path) -> dict:
     ax.legend(fontsize=8)
     save_figure(fig, out)
     return {"steps": offset, "wall_s": round(wall, 1), "stage_starts": starts,
-            "eval": [{k: r[k] for k in ("step", "eval_box_iou", "eval_point_iou")} for r in evals]}
+            "eval": [{"step": r["step"], "eval_box_iou": r["val_box_iou"], "eval_point_iou": r["val_point_iou"]}
+                     for r in evals]}
+
+
+def _engine_keys(record: dict) -> dict:
+    """A metrics record with the held-out IoU under the engine's names (``val_*``; runs made before
+    pretraining ran on the engine wrote ``eval_*``)."""
+    return {("val_" + k[5:] if k.startswith("eval_") else k): v for k, v in record.items()}
+
+
+def _wall_s(run: Path, stage: list[dict]) -> float:
+    """A stage's training time: the engine's sidecar figure, or (runs made before pretraining ran on the
+    engine) the last record's ``elapsed_s``."""
+    if "elapsed_s" in stage[-1]:
+        return stage[-1]["elapsed_s"]
+    return json.loads((run / "model.json").read_text())["training"]["wall_s"]
 
 
 def heldout_box_fill_iou(eval_images: int, eval_seed: int, size: int) -> float:

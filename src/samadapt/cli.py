@@ -205,76 +205,86 @@ def models_command() -> None:
 @app.command("pretrain")
 @user_errors_exit_2
 def pretrain_command(
-    run_dir: Path = typer.Argument(..., help="Run folder (created; an existing one is resumed)."),
+    run_dir: Path = typer.Argument(..., help="Run folder: config, corpus, checkpoints, metrics, model.pth."),
     config: Path | None = typer.Option(None, "--config", help="YAML file of pretraining settings."),
     set_: list[str] | None = typer.Option(None, "--set", help="Override a setting: key=value (repeatable)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in RUN_DIR from its last checkpoint."),
 ) -> None:
     """Pretrain the small foundation model (samadapt-tiny) from scratch on the synthetic shape corpus.
 
     The defaults are the first of the shipped model's three stages (about 2 hours on one CPU core); each
     later one continues the previous with --set init_from=RUN/model.pth (docs/model_card_tiny.md has the
-    commands).
-    Resumes from its last checkpoint when restarted.
+    commands). Runs on the training engine, like `train`: --resume continues a stopped run;
+    data-parallel: `torchrun --nproc_per_node N -m samadapt pretrain ...` (batch_size is split over the ranks).
     """
     from tqdm import tqdm
 
-    from samadapt.config import PretrainConfig, load_config, parse_overrides
-    from samadapt.pretraining.pretrain import pretrain
+    from samadapt.config import PretrainConfig
+    from samadapt.pretraining.pretrain import prepare_pretrain_folder, pretrain
+    from samadapt.runtime import current
 
-    settings = load_config(PretrainConfig, config, parse_overrides(set_))
+    settings = _run_settings(PretrainConfig, None, run_dir, config, set_, resume)
     bars: list[tqdm] = []  # opened at the first step, so early errors print alone
 
     def on_step(record: dict) -> None:
         if not bars:
-            bars.append(tqdm(total=settings.steps, unit="step", desc="pretrain", dynamic_ncols=True))
+            bars.append(tqdm(total=settings.steps, unit="step", desc="pretrain", dynamic_ncols=True,
+                             disable=not current().is_main))
         bars[0].n = record["step"]
-        shown = {k: round(v, 3) for k, v in record.items() if k in ("loss", "iou_first_box", "eval_box_iou")}
+        shown = {k: round(v, 3) for k, v in record.items() if k in ("loss", "iou_first_box", "val_box_iou")}
         bars[0].set_postfix(shown, refresh=True)
 
     try:
+        ranks = _start_run(run_dir, settings, resume, prepare=prepare_pretrain_folder)
         path = pretrain(run_dir, settings, on_step=on_step)
     finally:
         for bar in bars:
             bar.close()
-    typer.echo(f"model written to {path} (sidecar {path.with_suffix('.json')})")
+    if ranks.is_main:
+        typer.echo(f"model written to {path} (sidecar {path.with_suffix('.json')})")
 
 
-def _run_settings(cls: type, prepared: Path, out: Path, config: Path | None, set_: list[str] | None,
+def _run_settings(cls: type, prepared: Path | None, out: Path, config: Path | None, set_: list[str] | None,
                   resume: bool) -> Any:
-    """The settings of a run command (``train``, ``adapt``): defaults < ``--config`` < ``--set``; with
-    ``--resume``, the run folder's saved config.yaml, which options may not change. A bad setting of the
-    ``--config`` file is reported with the file's name."""
+    """The settings of a run command (``train``, ``adapt``; ``pretrain`` without ``prepared`` data):
+    defaults < ``--config`` < ``--set``; with ``--resume``, the run folder's saved config.yaml, which options
+    may not change. A bad setting of the ``--config`` file is reported with the file's name."""
     from samadapt.config import load_config, parse_overrides
     from samadapt.errors import ConfigError
     from samadapt.training.engine import STATE_FILE
     from samadapt.training.finetune import CONFIG_FILE
 
     overrides = parse_overrides(set_)
-    settings = load_config(cls, config, {**overrides, "data": str(prepared)})  # a bad file setting names it
+    data = {} if prepared is None else {"data": str(prepared)}
+    settings = load_config(cls, config, {**overrides, **data})  # a bad file setting names it
     if not resume:
         return settings
     saved_path = out / CONFIG_FILE
     if not saved_path.is_file():
         raise ConfigError(f"{out}: nothing to resume (no {CONFIG_FILE}); start the run without --resume")
     saved = load_config(cls, saved_path)
-    if config is not None or overrides or Path(saved.data).resolve() != prepared.resolve():
+    if config is not None or overrides or (prepared is not None and Path(saved.data).resolve() != prepared.resolve()):
         afresh = "" if (out / STATE_FILE).is_file() else (
             "; it saved no step yet, so a run without --resume starts it afresh with new settings")
-        raise ConfigError(f"{out}: --resume continues with the run's saved config.yaml; drop --config/--set "
-                          f"and pass the same PREPARED folder ({saved.data}){afresh}")
+        same = "" if prepared is None else f" and pass the same PREPARED folder ({saved.data})"
+        raise ConfigError(f"{out}: --resume continues with the run's saved config.yaml; drop --config/--set"
+                          f"{same}{afresh}")
     return saved
 
 
-def _start_run(out: Path, settings: Any, resume: bool) -> Any:
+def _start_run(out: Path, settings: Any, resume: bool, prepare: Callable[..., Any] | None = None) -> Any:
     """Join the ``torchrun`` job (if any); on rank 0, lock the run folder for this command (a second
     command on it is refused, naming the holder), check the run's inputs and, for a new run, set up the
-    folder (:func:`samadapt.training.finetune.prepare_run_folder`; nothing is written unless the inputs
-    check out, and a folder this call created goes again). Returns the ranks."""
+    folder (``prepare(out, settings, resume)``, by default
+    :func:`samadapt.training.finetune.prepare_run_folder`; nothing is written unless the inputs check out,
+    and a folder this call created goes again). Returns the ranks."""
     import contextlib
 
     from samadapt.io.folder_lock import lock_folder
     from samadapt.runtime import setup
     from samadapt.training.finetune import prepare_run_folder
+
+    prepare = prepare or prepare_run_folder
 
     ranks, _ = setup(settings.device)
     error = None
@@ -284,7 +294,7 @@ def _start_run(out: Path, settings: Any, resume: bool) -> Any:
             out.mkdir(parents=True, exist_ok=True)
             lock = lock_folder(out)
             _HELD_LOCKS.append(lock)  # released when the command ends (user_errors_exit_2)
-            prepare_run_folder(out, settings, resume=resume)
+            prepare(out, settings, resume=resume)
         except Exception as err:
             error = err
             if created:

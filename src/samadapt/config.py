@@ -216,6 +216,13 @@ class PretrainConfig:
     The defaults are the settings of the shipped ``tiny`` checkpoint. Rounds: ``correction_rounds`` clicks +
     ``mask_only_rounds`` mask-only rounds per step, except the last ``full_recipe_fraction`` of steps,
     which use SAM's full 8 + 2 (a CPU budget: the decoder rounds, not the encoder, dominate a step).
+
+    It runs on the training engine (:mod:`samadapt.training.engine`), whose settings these fields supply
+    (:func:`samadapt.pretraining.pretrain.engine_settings`): AdamW, warm-up then cosine, ``grad_accum``
+    micro-batches of ``batch_size`` images, ``amp`` on CUDA, checkpoints by steps and by time, validation on
+    the held-out corpus every ``eval_every`` steps (score: mean of box and 1-click IoU), ``patience`` /
+    ``min_delta`` early stopping. ``select_model``: ``last`` (the shipped model's rule) or ``best``
+    validation step for ``model.pth``.
     """
 
     model: str = "tiny"
@@ -243,16 +250,28 @@ class PretrainConfig:
     checkpoint_every: int = 50
     threads: int = 1
     init_from: str | None = None  # a SAM checkpoint to continue from (a second phase), instead of random weights
+    grad_accum: int = 1
+    amp: bool = True  # autocast on CUDA only (the default device is the CPU, where it never applies)
+    checkpoint_seconds: float = 60.0
+    patience: int = 0
+    min_delta: float = 0.0
+    select_model: str = "last"
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         def bad(what: str) -> ConfigError:
             return ConfigError(f"pretrain setting {what}")
 
         check_integers(self, ("steps", "batch_size", "objects_per_image", "corpus_images", "eval_images",
-                              "eval_every", "checkpoint_every", "threads"), 1, bad)
+                              "eval_every", "checkpoint_every", "threads", "grad_accum"), 1, bad)
         check_integers(self, ("warmup_steps", "corpus_seed", "eval_seed", "seed", "correction_rounds",
-                              "mask_only_rounds"), 0, bad)
+                              "mask_only_rounds", "patience"), 0, bad)
         check_numbers(self, ("lr", "weight_decay", "grad_clip"), bad)  # lr 0: a phase that only evaluates
+        check_numbers(self, ("checkpoint_seconds", "min_delta"), bad)
+        check_flags(self, ("amp",), bad)
+        check_choices(self, {"select_model": ("last", "best")}, bad)
+        if not isinstance(self.device, str):
+            raise bad(f"device={self.device!r}: use cpu, cuda or cuda:<index>")
         check_numbers(self, ("box_warmup_fraction", "full_recipe_fraction", "point_first_probability",
                              "min_lr_fraction"), bad, fraction=True)
         if self.box_warmup_fraction + self.full_recipe_fraction > 1:

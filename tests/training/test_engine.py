@@ -120,6 +120,22 @@ def test_validation_keeps_the_best_step(tmp_path: Path):
     assert result.curve == [(4, 0.2), (8, 0.7), (12, 0.5)]
 
 
+def test_validation_figures_beside_the_score_are_recorded(tmp_path: Path):
+    """A method that measures several things returns them with the score (pretraining: box and click IoU)."""
+    model, named, compute_loss = _problem()
+    figures = iter([{"score": 0.2, "box_iou": 0.3, "objects": 5}, {"score": 0.6, "box_iou": 0.1, "objects": 5},
+                    {"score": 0.4, "box_iou": 0.9, "objects": 5}])
+    saved = []
+    result = run_training(tmp_path, named, _settings(), compute_loss, CPU, validate=lambda: next(figures),
+                          save_best=lambda step, score: saved.append((step, score)))
+    assert result.curve == [(4, 0.2), (8, 0.6), (12, 0.4)] and saved == [(4, 0.2), (8, 0.6)]
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    validated = [{k: v for k, v in r.items() if k.startswith("val_")} for r in records if "val_score" in r]
+    assert validated == [{"val_score": 0.2, "val_box_iou": 0.3, "val_objects": 5},
+                         {"val_score": 0.6, "val_box_iou": 0.1, "val_objects": 5},
+                         {"val_score": 0.4, "val_box_iou": 0.9, "val_objects": 5}]
+
+
 def test_patience_stops_the_run_after_validations_without_a_better_score(tmp_path: Path):
     """Scores peak at the 2nd validation (step 4); with patience 2 the 3rd and 4th validations bring nothing
     better, so the run stops at step 8 of 20; the same folder resumed stays stopped."""

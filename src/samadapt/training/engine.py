@@ -14,7 +14,9 @@ engine owns the rest:
   validation score. A killed run restarted on the same folder continues from there and ends with the
   same weights as an uninterrupted one (a checkpoint holds the whole state at a step boundary, so where
   it falls does not change the result).
-- ``validate()`` every ``eval_every`` steps and at the end; the best score triggers ``save_best``.
+- ``validate()`` every ``eval_every`` steps and at the end; the best score triggers ``save_best``. It
+  returns the score, or a mapping of figures whose ``score`` entry is the score (the others are recorded
+  beside it as ``val_<name>``: a method that measures several things, e.g. box and click IoU).
   Early stopping: with ``patience`` > 0 the run ends after ``patience`` validations in a row without a
   gain (a score above the last gain by more than ``min_delta``), validations within the warm-up not
   counted; the best step is kept either way. What stops it is a function of the checkpointed curve, so a
@@ -32,7 +34,7 @@ import json
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,14 +130,15 @@ def lr_factor(settings: EngineSettings, step: int, progress: float | None = None
 _STATE_KEYS = ("parameters", "optimizer", "generators", "step", "best_score", "best_step", "curve", "train_s")
 
 
-def load_state(path: Path) -> dict:
+def load_state(path: Path, required: tuple[str, ...] = _STATE_KEYS) -> dict:
     """Read the checkpoint ``path`` (``weights_only``, on the CPU); :class:`CheckpointError` when it is
-    truncated or corrupt (one line, no torch warning): there is no earlier checkpoint to fall back on."""
+    truncated or corrupt (one line, no torch warning): there is no earlier checkpoint to fall back on.
+    ``required``: the entries it must hold (by default the engine's; ``()`` to inspect another layout)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location="cpu", weights_only=True)
-        what = None if isinstance(state, dict) and all(key in state for key in _STATE_KEYS) else "entries missing"
+        what = None if isinstance(state, dict) and all(key in state for key in required) else "entries missing"
     except Exception as err:  # torch raises several types for a cut or damaged file
         what = type(err).__name__
     if what is not None:
@@ -183,7 +186,7 @@ def run_training(
     settings: EngineSettings,
     compute_loss: Callable[[int, int, torch.Generator], tuple[torch.Tensor, dict[str, float]]],
     device: torch.device,
-    validate: Callable[[], float] | None = None,
+    validate: Callable[[], float | Mapping[str, float]] | None = None,
     save_best: Callable[[int, float], None] | None = None,
     on_step: Callable[[dict], None] = lambda record: None,
     schedule: Schedule | None = None,
@@ -195,7 +198,8 @@ def run_training(
         compute_loss: ``(step, micro, generator) -> (scalar loss, statistics)`` for micro-batch ``micro``
             of ``step``; the loss of each micro-batch is divided by ``grad_accum`` here, the statistics
             are summed over the micro-batches of a step.
-        validate: returns the validation score (higher is better); called under no_grad (and autocast).
+        validate: returns the validation score (higher is better), or figures with the score as ``score``
+            (the others recorded as ``val_<name>``); called on rank 0, under no_grad (and autocast).
         save_best: ``(step, score)`` called when a validation score beats every earlier one.
         on_step: receives each step's record (``step``, ``loss``, ``lr``, ``step_s``, statistics, ``val_score``);
             on rank 0 only.
@@ -270,12 +274,15 @@ def run_training(
         late = ranks.is_main and time.monotonic() - last_checkpoint >= settings.checkpoint_seconds
         return bool(ranks.broadcast(late))
 
-    def run_validation() -> float:
-        score = None
+    def run_validation() -> tuple[float, dict[str, float]]:
+        """(score, the other figures as ``val_<name>``: rank 0's, empty on the others)."""
+        score, figures = None, {}
         if ranks.is_main:
             with torch.no_grad(), autocast():
-                score = float(validate())
-        return float(ranks.broadcast(score))
+                result = validate()
+            figures = dict(result) if isinstance(result, Mapping) else {"score": result}
+            score = float(figures.pop("score"))
+        return float(ranks.broadcast(score)), {f"val_{name}": value for name, value in figures.items()}
 
     writer = _tensorboard(run_dir, step) if ranks.is_main else None
     started, first_step = time.time(), step
@@ -311,8 +318,8 @@ def run_training(
             record = {"step": step, "loss": step_loss, "lr": lr,
                       "step_s": round(time.perf_counter() - t0, 4), **totals}
             if validate is not None and (step % settings.eval_every == 0 or finished(step)):
-                score = run_validation()
-                record["val_score"] = score
+                score, figures = run_validation()
+                record.update({"val_score": score, **figures})
                 curve.append((step, score))
                 if score > best_score:
                     best_score, best_step = score, step

@@ -14,6 +14,7 @@ encoder is not trained, so fine-tuned models share the base model's embedding ca
 
 from __future__ import annotations
 
+import fnmatch
 import shutil
 import time
 from collections.abc import Callable
@@ -175,24 +176,32 @@ def _check_run_inputs(config: RunConfig) -> None:
         prepared.select_classes(config.classes, "adapt setting classes")
 
 
-def prepare_run_folder(run_dir: Path, config: RunConfig, resume: bool) -> RunConfig:
+def prepare_run_folder(
+    run_dir: Path,
+    config: RunConfig,
+    resume: bool,
+    check_inputs: Callable[[RunConfig], None] | None = None,
+    regenerable: tuple[str, ...] = (),
+) -> RunConfig:
     """Check the run folder against ``resume`` and the run's inputs, then save the config; returns the config
     to run with.
 
-    Nothing is written unless the inputs check out (prepared data, model, device; see
-    :func:`_check_run_inputs`). A new run needs an empty (or absent) folder, or one whose run never saved
-    a step (no ``state.pt``, only what such a run leaves: config, metrics, TensorBoard events, best model):
-    that is cleared and the run starts afresh. ``resume`` continues the folder's run with its saved config
-    (read back as the class of ``config``: any run's config dataclass, e.g. ``PromiseConfig``); settings
-    given again must agree with it.
+    Nothing is written unless the inputs check out (``check_inputs(config)`` raises what the run would meet
+    at its start; by default :func:`_check_run_inputs`: prepared data, model, device). A new run needs an
+    empty (or absent) folder, or one whose run never saved a step (no ``state.pt``, only what such a run
+    leaves: config, metrics, TensorBoard events, best model, and files matching a ``regenerable`` glob
+    pattern, e.g. pretraining's generated corpus): that is cleared and the run starts afresh. ``resume``
+    continues the folder's run with its saved config (read back as the class of ``config``: any run's
+    config dataclass, e.g. ``PromiseConfig``); settings given again must agree with it.
     """
+    check_inputs = check_inputs or _check_run_inputs
     saved = run_dir / CONFIG_FILE
     if resume:
         if not saved.is_file():
             raise ConfigError(f"{run_dir}: nothing to resume (no {CONFIG_FILE}); start the run without --resume")
         config = load_config(type(config), saved)
         try:
-            _check_run_inputs(config)
+            check_inputs(config)
         except SamadaptError as err:
             if (run_dir / STATE_FILE).is_file():
                 raise
@@ -200,9 +209,13 @@ def prepare_run_folder(run_dir: Path, config: RunConfig, resume: bool) -> RunCon
                             "afresh, with the setting fixed)") from None
         return config
     entries = list(run_dir.iterdir()) if run_dir.exists() else []
-    if any(entry.name not in _STEPLESS and not is_temporary(entry.name) for entry in entries):
+
+    def stepless(name: str) -> bool:
+        return name in _STEPLESS or is_temporary(name) or any(fnmatch.fnmatchcase(name, p) for p in regenerable)
+
+    if not all(stepless(entry.name) for entry in entries):
         raise ConfigError(f"{run_dir}: folder is not empty; pass --resume to continue its run, or use a new folder")
-    _check_run_inputs(config)
+    check_inputs(config)
     for entry in entries:  # a run that never saved a step: start afresh
         if entry.name == LOCK_FILE:
             continue
