@@ -18,6 +18,7 @@ from samadapt.demo import DemoPlan, MachineSpeed, _fine_tune, estimate_seconds, 
 from samadapt.models.embedding_cache import open_cache
 from samadapt.models.registry import REGISTRY
 from samadapt.models.sam import build_sam, load_sam, save_sam
+from samadapt.training.engine import EngineSettings
 
 
 @pytest.fixture(scope="module")
@@ -164,9 +165,9 @@ def test_an_interrupted_stage_continues_from_its_checkpoint(demo_run, micro_chec
     out, _ = demo_run
     prepared = PreparedDataset(out / "data" / "prepared")
     cache = open_cache(prepared, load_sam(str(micro_checkpoint)))
-    config = FinetuneConfig(data=str(prepared.root), model=str(micro_checkpoint), prompting="multi",
-                            steps=PLAN.train_steps, eval_every=PLAN.eval_every, checkpoint_every=PLAN.eval_every,
+    engine = EngineSettings(steps=PLAN.train_steps, eval_every=PLAN.eval_every, checkpoint_every=PLAN.eval_every,
                             seed=PLAN.seed)
+    config = FinetuneConfig(data=str(prepared.root), model=str(micro_checkpoint), prompting="multi", engine=engine)
     shown: dict[str, list[int]] = {}
 
     class Bar:

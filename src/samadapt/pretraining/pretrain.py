@@ -31,7 +31,9 @@ from samadapt.training.engine import EngineSettings, lr_factor, truncate_metrics
 
 def learning_rate(config: PretrainConfig, step: int) -> float:
     """Linear warm-up to ``lr``, then cosine decay to ``min_lr_fraction * lr`` at the last step."""
-    return config.lr * lr_factor(EngineSettings.from_config(config), step)
+    schedule = EngineSettings(steps=config.steps, warmup_steps=config.warmup_steps,
+                              min_lr_fraction=config.min_lr_fraction)
+    return config.lr * lr_factor(schedule, step)
 
 
 def initialisation_record(sidecar: dict) -> dict:
