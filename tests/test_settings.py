@@ -86,8 +86,9 @@ def test_a_file_with_groups_under_dotted_overrides(tmp_path: Path):
 
 
 def test_a_config_round_trips_through_yaml(tmp_path: Path):
-    config = make_config(FinetuneConfig, {"engine": {"steps": 9, "lr": 2e-4}, "pruning": {
-        "policy": "class", "protected_classes": ["lesion"]}, "box_noise": {"style": "none"}, "lesion_classes": "tumour"})
+    config = make_config(FinetuneConfig, {
+        "engine": {"steps": 9, "lr": 2e-4}, "pruning": {"policy": "class", "protected_classes": ["lesion"]},
+        "box_noise": {"style": "none"}, "lesion_classes": "tumour"})
     assert config.pruning.protected_classes == ("lesion",) and config.lesion_classes == ["tumour"]
     save_config(config, tmp_path / "config.yaml")
     assert load_config(FinetuneConfig, tmp_path / "config.yaml") == config
