@@ -184,3 +184,44 @@ def test_a_bad_setting_in_an_eval_config_file_names_the_file(micro, tmp_path: Pa
     path.write_text("seed: -1\n")
     one_line_error(CliRunner().invoke(app, ["eval", str(prepared.root), "--config", str(path)]),
                    f"{path}: eval setting seed=-1")
+
+
+def _keys(cls: type, prefix: str = "") -> set[str]:
+    """Every dotted key ``--set`` accepts for settings class ``cls``."""
+    import dataclasses
+    import typing
+
+    from samadapt.settings import group_class
+
+    hints, keys = typing.get_type_hints(cls), set()
+    for f in dataclasses.fields(cls):
+        if not f.init or not f.metadata.get("setting", True):
+            continue
+        group = group_class(hints[f.name])
+        keys |= _keys(group, f"{prefix}{f.name}.") if group else {prefix + f.name}
+    return keys
+
+
+def test_every_set_key_the_docs_show_is_a_setting():
+    """``--set KEY=...`` in the README and docs/: a setting of the command the same line or block runs (of
+    any command where none is named)."""
+    import re
+
+    from samadapt.config import PrepareConfig, PretrainConfig
+    from samadapt.inference.segment_cases import SegmentSettings
+
+    commands = {"train": FinetuneConfig, "adapt": PromiseConfig, "segment": SegmentSettings, "eval": EvalConfig,
+                "serve": ServeConfig, "embed": EmbedConfig, "prepare": PrepareConfig, "pretrain": PretrainConfig}
+    known = {name: _keys(cls) for name, cls in commands.items()}
+    root = Path(__file__).resolve().parents[1]
+    checked = 0
+    for doc in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        for line in doc.read_text(encoding="utf-8").splitlines():
+            named = re.findall(r"samadapt ([a-z]+)", line)
+            allowed = set().union(*(known[c] for c in named if c in known)) or set().union(*known.values())
+            for key in re.findall(r"--set ([A-Za-z_][\w.]*)=", line):
+                if key in ("key", "group.key") or "KEY" in key:  # the grammar's placeholders
+                    continue
+                assert key in allowed, f"{doc.name}: --set {key}= is no setting of {named or 'any command'}"
+                checked += 1
+    assert checked > 20
