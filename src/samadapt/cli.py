@@ -523,9 +523,9 @@ def eval_command(
 
     options = {"model": model or None, "split": split, "jitter": jitter, "out": str(out) if out else None,
                "device": device, "seed": seed, "protocol": protocol, "prompts": prompts, "adapter": adapter or None,
-               "max_slices": parse_max_slices(max_slices), "workers": workers}
+               "max_slices": max_slices, "workers": workers}
     settings = _command_settings(EvalConfig, config, options, set_)
-    sample_size, workers = settings.max_slices, check_workers(settings.workers, settings.device)
+    sample_size, workers = parse_max_slices(settings.max_slices), check_workers(settings.workers, settings.device)
     out = Path(settings.out)
     if settings.prompts == "box" and settings.adapter:
         raise ConfigError("--adapter needs --prompts auto (ProMISe adapters segment without prompts)")

@@ -393,7 +393,7 @@ class EvalConfig:
     protocol: str = "box"
     prompts: str = "box"
     adapter: list[str] | None = None
-    max_slices: int | None = None
+    max_slices: int | str | None = None
     workers: int = 1
 
     def __post_init__(self) -> None:
@@ -407,10 +407,7 @@ class EvalConfig:
         check_choices(self, {"split": ("train", "val", "test")}, bad)
         if self.prompts not in ("box", "auto"):
             raise bad(f"prompts={self.prompts!r} (--prompts {self.prompts!r}): use box or auto")
-        check_integers(self, ("seed",), 0, bad)
-        check_integers(self, ("workers",), 1, bad)
-        if self.max_slices is not None:
-            check_integers(self, ("max_slices",), 1, bad)
+        check_integers(self, ("seed",), 0, bad)  # workers and max_slices: checked as the options are, by eval
         self.out, self.device = str(self.out), str(self.device)
 
 

@@ -181,7 +181,7 @@ def estimate_seconds(plan: DemoPlan, speed: MachineSpeed) -> float:
     validations = math.ceil(plan.train_steps / plan.eval_every)
     evaluation = test * cost["eval_per_slice"] * step + cost["report"] * step
     fine_tune = validations * val * cost["val_per_slice"] * step + evaluation
-    phpg_steps = plan.cbdp_epochs * math.ceil(train / FinetuneConfig.batch_size) * cost["cbdp_kept"]
+    phpg_steps = plan.cbdp_epochs * math.ceil(train / EngineSettings().batch_size) * cost["cbdp_kept"]
     seconds = (plan.cases * cost["data_per_case"] * step + slices * cost["embed_per_slice"] * speed.encoder_s
                + 2 * evaluation + val * cost["val_per_slice"] * step
                + plan.train_steps * (cost["single_step"] + cost["multi_step"]) * step + 2 * fine_tune

@@ -95,7 +95,8 @@ def test_report_has_tables_plots_and_overlays(demo_run):
     pruning = json.loads((out / "runs" / "phpg-cbdp" / "pruning.json").read_text())
     assert len(pruning["epochs"]) == PLAN.cbdp_epochs and pruning["iterations"] == phpg["iterations"]
     assert pruning["iterations"] < pruning["iterations_full_data"]  # the middle epoch was pruned
-    assert (out / "runs" / "phpg-cbdp" / "error_head.pth").is_file()
+    # PHPG with its defaults: no error head (off by default, docs/phpg.md), and the notes say so
+    assert not (out / "runs" / "phpg-cbdp" / "error_head.pth").exists() and "error head off" in phpg["notes"]
     promise = summary_json["ProMISe APM+IPS (auto)"]
     assert promise["iterations"] == PLAN.promise_steps and "SAM frozen" in promise["notes"]
     assert (out / "runs" / "promise" / "adapter.pt").is_file() and not list((out / "runs" / "promise").glob("*.pth"))
