@@ -27,6 +27,7 @@ from bench_foundation import machine  # noqa: E402
 from phantom_workbench import embedded_phantoms, phantom_arguments, timed_training_steps  # noqa: E402
 from samadapt.config import FinetuneConfig  # noqa: E402
 from samadapt.io.atomic import write_json_atomic  # noqa: E402
+from samadapt.prompts.box_noise import BoxNoise  # noqa: E402
 from samadapt.training.finetune import objective_from_config, trainable_parameters  # noqa: E402
 from samadapt.training.slice_data import training_slices  # noqa: E402
 
@@ -51,7 +52,8 @@ def main() -> None:
     _, loaded, prepared, cache = embedded_phantoms(args.work, args.model, args.cases, split=(1.0, 0.0, 0.0))
     slices = training_slices(prepared, "train")
     counts = [1, 4, 8]
-    configs = {"single": (FinetuneConfig(prompting="single", box_noise="medsam", loss_size=args.loss_size), slices)}
+    single = FinetuneConfig(prompting="single", box_noise=BoxNoise("medsam"), loss_size=args.loss_size)
+    configs = {"single": (single, slices)}
     for k in counts:
         pool = [s for s in slices if len(s.objects) >= k]
         configs[f"multi_{k}"] = (FinetuneConfig(prompting="multi", max_prompts_per_slice=k, loss_size=args.loss_size),

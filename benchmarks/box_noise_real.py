@@ -31,6 +31,8 @@ from samadapt.config import FinetuneConfig  # noqa: E402
 from samadapt.data.prepared import PreparedDataset  # noqa: E402
 from samadapt.evaluation.model_comparison import evaluate_models, model_labels  # noqa: E402
 from samadapt.io.atomic import write_json_atomic  # noqa: E402
+from samadapt.prompts.box_noise import BoxNoise  # noqa: E402
+from samadapt.training.engine import EngineSettings  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "box_noise_real.json"
 STYLES = ("medsam", "sam", "mixed")
@@ -62,9 +64,9 @@ def main() -> None:
 
     runs = {}
     for style in args.styles:
-        config = FinetuneConfig(data=str(pooled.root), model="medsam_lite", steps=args.steps, batch_size=4,
-                                eval_every=max(1, args.steps // 4), checkpoint_every=max(1, args.steps // 4),
-                                box_noise=style)
+        engine = EngineSettings(steps=args.steps, batch_size=4, eval_every=max(1, args.steps // 4),
+                                checkpoint_every=max(1, args.steps // 4))
+        config = FinetuneConfig(data=str(pooled.root), model="medsam_lite", engine=engine, box_noise=BoxNoise(style))
         runs[style] = trained(args.work / "runs" / f"box-noise-{style}-s{args.steps}", config)
         print(f"{style}: step {runs[style]['model_selection']['step']} of {runs[style]['iterations']}, "
               f"{runs[style]['wall_s']} s", flush=True)

@@ -37,7 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_foundation import machine  # noqa: E402
 from phantom_workbench import add_set_option, embedded_phantoms, phantom_arguments, set_overrides  # noqa: E402
-from samadapt.config import FinetuneConfig, make_config  # noqa: E402
+from samadapt.config import FinetuneConfig, make_config, merge_settings  # noqa: E402
 from samadapt.evaluation.box_protocol import predict_with_boxes, score_predictions  # noqa: E402
 from samadapt.evaluation.figures import pyplot, save_figure  # noqa: E402
 from samadapt.evaluation.metrics import per_class_mean  # noqa: E402
@@ -108,17 +108,17 @@ def main() -> None:
     steps = args.epochs * n_train // args.batch_size
     lesion = FinetuneConfig().is_lesion
     extra, tag = set_overrides(args.overrides)
-    if "seed" in extra:
-        parser.error("give training seeds with --seeds, not --set seed=")
+    if "seed" in extra.get("engine", {}):
+        parser.error("give training seeds with --seeds, not --set engine.seed=")
     by_seed: dict[int, dict[str, dict]] = {}
     for seed in args.seeds:
         runs = by_seed.setdefault(seed, {})
         for policy in ["none"] + [p for p in args.policies if p != "none"]:  # the reference always runs
-            pruned = {"prune_ratio": args.prune_ratio} if policy != "none" else {}
-            config = make_config(FinetuneConfig, {
-                "data": str(prepared.root), "model": args.model, "pruning": policy, "steps": steps, "seed": seed,
-                "batch_size": args.batch_size, "eval_every": max(1, steps // 8),
-                "checkpoint_every": max(1, steps // 8), **pruned, **extra}, "--set")
+            pruned = {"ratio": args.prune_ratio} if policy != "none" else {}
+            values = {"data": str(prepared.root), "model": args.model, "pruning": {"policy": policy, **pruned},
+                      "engine": {"steps": steps, "seed": seed, "batch_size": args.batch_size,
+                                 "eval_every": max(1, steps // 8), "checkpoint_every": max(1, steps // 8)}}
+            config = make_config(FinetuneConfig, merge_settings(values, extra, FinetuneConfig), "--set")
             name = (policy if policy == "none" else f"{policy}-r{args.prune_ratio:g}") + tag
             run_dir = work / "runs" / (name + (f"-seed={seed}" if seed else ""))
             config = prepare_run_folder(run_dir, config, resume=(run_dir / "config.yaml").is_file())

@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_foundation import machine  # noqa: E402
 from phantom_workbench import add_set_option, embedded_phantoms, phantom_arguments, set_overrides  # noqa: E402
-from samadapt.config import FinetuneConfig, config_to_dict, make_config  # noqa: E402
+from samadapt.config import FinetuneConfig, config_to_dict, make_config, merge_settings  # noqa: E402
 from samadapt.evaluation.model_comparison import evaluate_models  # noqa: E402
 from samadapt.io.atomic import write_json_atomic  # noqa: E402
 from samadapt.training.finetune import finetune, prepare_run_folder  # noqa: E402
@@ -40,8 +40,9 @@ def main() -> None:
     work, _, prepared, _ = embedded_phantoms(args.work, args.model, args.cases)
     models, runs = [args.model], {}
     for prompting in ("single", "multi"):
-        config = make_config(FinetuneConfig, {"data": str(prepared.root), "model": args.model, "prompting": prompting,
-                                              "steps": args.steps, **extra}, "--set")  # "1e-4" -> float
+        values = {"data": str(prepared.root), "model": args.model, "prompting": prompting,
+                  "engine": {"steps": args.steps}}
+        config = make_config(FinetuneConfig, merge_settings(values, extra, FinetuneConfig), "--set")  # "1e-4" -> float
         run_dir = work / "runs" / f"{prompting}-prompt{tag}"
         config = prepare_run_folder(run_dir, config, resume=(run_dir / "config.yaml").is_file())
         started = time.time()

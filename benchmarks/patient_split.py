@@ -49,7 +49,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_foundation import machine  # noqa: E402
 from real_foundations import CURVAS, IMAGE_SIZE, REAL, convert_set, embedded, failure, pooled_folder, trained  # noqa: E402
-from samadapt.config import FinetuneConfig, PrepareConfig  # noqa: E402
+from samadapt.config import FinetuneConfig, PrepareConfig, expand_dotted, make_config  # noqa: E402
 from samadapt.data.prepare import prepare_dataset  # noqa: E402
 from samadapt.data.prepared import PreparedDataset  # noqa: E402
 from samadapt.evaluation.model_comparison import BOX_FILL, evaluate_models, model_labels  # noqa: E402
@@ -300,9 +300,10 @@ def main() -> None:
     # 3. fine-tuning with early stopping, one run per split
     runs: dict[str, dict] = {}
     for design, p in prepared.items():
-        settings = {"model": args.model, "steps": args.steps, "batch_size": args.batch_size,
-                    "eval_every": args.eval_every, "checkpoint_every": args.eval_every, "patience": args.patience}
-        config = FinetuneConfig(data=str(p.root), **settings)
+        settings = {"model": args.model, "engine.steps": args.steps, "engine.batch_size": args.batch_size,
+                    "engine.eval_every": args.eval_every, "engine.checkpoint_every": args.eval_every,
+                    "engine.patience": args.patience}
+        config = make_config(FinetuneConfig, expand_dotted({"data": str(p.root), **settings}))
         run_dir = work / "runs" / design
         command = f"samadapt train {p.root} --out {run_dir} " + " ".join(f"--set {k}={v}" for k, v in settings.items())
         try:

@@ -48,10 +48,10 @@ def add_set_option(parser: argparse.ArgumentParser, help: str) -> None:
 
 
 def set_overrides(pairs: list[str]) -> tuple[dict, str]:
-    """``--set`` pairs as config values (build configs with ``make_config``, which reads "1e-4" as a float)
-    and the tag that names them in run folders (``-lr=1e-4``; empty without overrides)."""
-    extra = parse_overrides(pairs)
-    return extra, "".join(f"-{k}={v}" for k, v in sorted(extra.items()))
+    """``--set`` pairs as config values (nested groups; build configs with ``make_config``, which reads "1e-4"
+    as a float) and the tag that names them in run folders (``-engine.lr=1e-4``; empty without overrides)."""
+    pairs = sorted(pair.partition("=")[::2] for pair in pairs)
+    return parse_overrides([f"{k}={v}" for k, v in pairs]), "".join(f"-{k.strip()}={v.strip()}" for k, v in pairs)
 
 
 def timed_training_steps(

@@ -38,7 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_foundation import machine  # noqa: E402
 from phantom_workbench import embedded_phantoms, phantom_arguments  # noqa: E402
-from samadapt.config import FinetuneConfig, config_to_dict  # noqa: E402
+from samadapt.config import FinetuneConfig, config_to_dict, expand_dotted, make_config  # noqa: E402
 from samadapt.evaluation.interactive_protocol import (  # noqa: E402
     clicks_to_reach,
     overlap_scores,
@@ -167,12 +167,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=120)
     args = parser.parse_args()
     work, _, prepared, _ = embedded_phantoms(args.work, args.model, args.cases)
-    common = dict(data=str(prepared.root), model=args.model, steps=args.steps, eval_every=args.steps,
-                  checkpoint_every=max(10, args.steps // 4))
-    runs_config = {
-        "multi-prompt": FinetuneConfig(**common),
-        "phpg": FinetuneConfig(**common, objective="phpg"),
-        "phpg-no-guidance": FinetuneConfig(**common, objective="phpg", phpg_error_head=False),
+    common = {"data": str(prepared.root), "model": args.model, "engine.steps": args.steps,
+              "engine.eval_every": args.steps, "engine.checkpoint_every": max(10, args.steps // 4)}
+    runs_config = {  # the error-guidance ablation: with and without the error head
+        name: make_config(FinetuneConfig, expand_dotted({**common, **extra})) for name, extra in (
+            ("multi-prompt", {}), ("phpg", {"objective": "phpg", "phpg.error_head": True}),
+            ("phpg-no-guidance", {"objective": "phpg", "phpg.error_head": False}))
     }
     models, runs = [args.model], {}
     for name, config in runs_config.items():

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -30,6 +31,7 @@ from samadapt.config import FinetuneConfig, PromiseConfig, config_to_dict  # noq
 from samadapt.io.atomic import write_json_atomic  # noqa: E402
 from samadapt.models.sam import load_sam, sam_digest  # noqa: E402
 from samadapt.promise.auto_protocol import evaluate_automatic  # noqa: E402
+from samadapt.training.engine import EngineSettings  # noqa: E402
 from samadapt.training.finetune import finetune, prepare_run_folder  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "promise_phantoms.json"
@@ -52,12 +54,12 @@ def main() -> None:
                 ("apm_ips_multimask", "apm+ips", multi), ("ips_multimask", "ips", multi),
                 ("ips_box_multimask", "ips", {"ips_prompts": "box", **multi}))
     for name, mode, extra in variants:
-        config = PromiseConfig(data=str(prepared.root), model=args.model, mode=mode, steps=args.steps,
-                               eval_every=max(1, args.steps // 3), **extra)
+        engine = replace(PromiseConfig().engine, steps=args.steps, eval_every=max(1, args.steps // 3))
+        config = PromiseConfig(data=str(prepared.root), model=args.model, mode=mode, engine=engine, **extra)
         result, runs[name] = adapted(work / "runs" / name, config)
         runs[name]["config"] = config_to_dict(config)
         adapters.append(str(result.adapter.parent))
-    ft = FinetuneConfig(data=str(prepared.root), model=args.model, steps=args.ft_steps)
+    ft = FinetuneConfig(data=str(prepared.root), model=args.model, engine=EngineSettings(steps=args.ft_steps))
     ft_dir = work / "runs" / "multi-prompt-ft"
     ft = prepare_run_folder(ft_dir, ft, resume=(ft_dir / "config.yaml").is_file())
     tuned = finetune(ft_dir, ft)

@@ -21,6 +21,7 @@ import csv
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -86,9 +87,10 @@ def main() -> None:
         seen = sorted({o.class_name for c in fold.case_ids("train") for o in fold.objects(c)})
         runs, adapters = {}, []
         for mode in ("apm+ips", "ips"):
-            config = PromiseConfig(data=str(fold.root), model=args.model, mode=mode, steps=args.steps,
-                                   batch_size=3, eval_every=args.steps, checkpoint_every=args.steps,
-                                   warmup_steps=10, classes=seen if mode == "apm+ips" else None)
+            engine = replace(PromiseConfig().engine, steps=args.steps, batch_size=3, eval_every=args.steps,
+                             checkpoint_every=args.steps, warmup_steps=10)
+            config = PromiseConfig(data=str(fold.root), model=args.model, mode=mode, engine=engine,
+                                   classes=seen if mode == "apm+ips" else None)
             result, runs[mode] = adapted(work / f"runs_{test_case}" / mode.replace("+", "_"), config)
             adapters.append(str(result.adapter.parent))
         report = work / f"report_{test_case}"

@@ -89,3 +89,95 @@ def synthetic_prepared(
         "hash": dataset_hash(root, params, rows), "skipped": [],
     })
     return PreparedDataset(root)
+
+
+# what `samadapt train` saved as config.yaml before the groups (samadapt at 4c29bf5), verbatim
+OLD_TRAIN_CONFIG = """\
+data: /data/prepared
+model: tiny
+steps: 4
+batch_size: 2
+grad_accum: 1
+lr: 0.001
+weight_decay: 0.01
+warmup_steps: 2
+min_lr_fraction: 0.05
+grad_clip: 1.0
+amp: true
+seed: 0
+checkpoint_every: 2
+checkpoint_seconds: 60.0
+eval_every: 3
+patience: 0
+min_delta: 0.0
+val_split: val
+device: cpu
+select_model: best
+prompting: multi
+max_prompts_per_slice: 32
+train_prompt_encoder: false
+lora_rank: 0
+lora_alpha: 8.0
+box_noise: sam
+organ_box_shift_px: 5.0
+lesion_box_shift_px: 2.0
+box_shift_max_fraction: 0.25
+sam_noise_std: 0.1
+lesion_classes: null
+loss: dice+bce
+iou_weight: 1.0
+prompt_reduction: mean
+loss_size: null
+pruning: class
+prune_ratio: 0.5
+prune_anneal_fraction: 0.125
+prune_min_class_share: 0.0
+prune_protected_classes: null
+prune_rare_class_share: 0.1
+objective: phpg
+phpg_correction_rounds: 1
+phpg_mask_only_rounds: 1
+phpg_first_weights: null
+phpg_correction_weights: null
+phpg_error_head: true
+phpg_guidance_mix: 0.5
+phpg_error_weight: 1.0
+phpg_recompute_passes: false
+"""
+
+# and what `samadapt adapt` saved
+OLD_ADAPT_CONFIG = """\
+data: /data/prepared
+model: tiny
+steps: 4
+batch_size: 8
+grad_accum: 1
+lr: 0.001
+weight_decay: 0.0
+warmup_steps: 20
+min_lr_fraction: 0.05
+grad_clip: 1.0
+amp: true
+seed: 0
+checkpoint_every: 50
+checkpoint_seconds: 60.0
+eval_every: 50
+patience: 0
+min_delta: 0.0
+val_split: val
+device: cpu
+mode: apm+ips
+classes: null
+apm_kind: resnet
+apm_size: auto
+apm_init: prior
+num_points: 16
+num_positive: 8
+presence_head: true
+presence_weight: 1.0
+ips_hidden: 0
+ips_prompts: mixed
+negative_margin: 0.5
+promptable_weight: 1.0
+multimask_output: true
+"""

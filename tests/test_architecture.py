@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "samadapt"
 DOC = ROOT / "docs" / "architecture.md"
 
-FOUNDATION = {"errors", "progress", "runtime", "overlap", "io", "prompts"}
+FOUNDATION = {"errors", "progress", "runtime", "overlap", "io", "settings", "prompts"}
 
 # package -> the packages it may import (bottom to top; a package's row names only rows above it)
 MAY_IMPORT: dict[str, set[str]] = {
@@ -31,22 +31,23 @@ MAY_IMPORT: dict[str, set[str]] = {
     "overlap": set(),
     "runtime": {"errors"},
     "io": {"errors"},
-    "prompts": set(),
-    "config": {"errors", "io", "prompts"},
-    "data": {"config", "errors", "io", "progress"},
+    "settings": {"errors", "io"},
+    "prompts": {"settings"},
+    "data": {"errors", "io", "progress", "settings"},
     "models": {"errors", "io", "progress", "prompts", "runtime"},
-    "evaluation": {"data", "errors", "io", "models", "overlap", "progress", "prompts", "runtime"},
-    "training": {"config", "data", "errors", "evaluation", "io", "models", "overlap", "prompts", "runtime"},
+    "evaluation": {"data", "errors", "io", "models", "overlap", "progress", "prompts", "runtime", "settings"},
+    "training": {"data", "errors", "evaluation", "io", "models", "overlap", "prompts", "runtime", "settings"},
+    "config": {"data", "errors", "prompts", "settings", "training"},
     "pretraining": {"config", "data", "errors", "io", "models", "prompts", "runtime", "training"},
     "promise": {"config", "data", "errors", "evaluation", "io", "models", "overlap", "progress", "prompts",
-                "runtime", "training"},
+                "runtime", "settings", "training"},
     "export": {"errors", "io", "models", "promise"},
     "inference": {"config", "data", "errors", "export", "io", "models", "overlap", "progress", "promise", "prompts",
-                  "runtime"},
+                  "runtime", "settings"},
     "serve": {"data", "errors", "inference", "io", "models"},
     "demo": {"config", "data", "errors", "evaluation", "models", "progress", "promise", "runtime", "training"},
     "cli": {"config", "data", "demo", "errors", "evaluation", "export", "inference", "io", "models", "pretraining",
-            "promise", "runtime", "serve", "training"},
+            "promise", "runtime", "serve", "settings", "training"},
     "__main__": {"cli"},
 }
 

@@ -36,6 +36,7 @@ from samadapt.models.preprocess import to_model_input
 from samadapt.models.sam import LoadedModel, load_sam
 from samadapt.training.engine import METRICS_FILE, EngineSettings, run_training
 from samadapt.training.finetune import finetune, objective_from_config, prepare_run_folder, trainable_parameters
+from samadapt.training.phpg import PHPGSettings
 from samadapt.training.slice_data import SliceOrder, TrainingSlice, load_slice, training_slices
 
 
@@ -62,7 +63,8 @@ def naive_run(run_dir: Path, loaded: LoadedModel, prepared: PreparedDataset, con
     """The naive loop on the training engine; per-step records with ``encoder_s`` and ``data_s``."""
     objective = objective_from_config(dataclasses.replace(config, prompting="single"), loaded.spec.prompt_embed_dim)
     named = trainable_parameters(loaded, train_prompt_encoder=False)
-    order = SliceOrder(len(train), config.batch_size, config.grad_accum, config.seed)
+    engine = config.engine
+    order = SliceOrder(len(train), engine.batch_size, engine.grad_accum, engine.seed)
     encoder = loaded.sam.image_encoder
 
     def compute_loss(step: int, micro: int, generator: torch.Generator):
@@ -82,7 +84,7 @@ def naive_run(run_dir: Path, loaded: LoadedModel, prepared: PreparedDataset, con
             prompts += stats["prompts"]
         return torch.stack(losses).mean(), {"prompts": prompts, "data_s": t1 - t0, "encoder_s": t2 - t1}
 
-    run_training(run_dir, named, EngineSettings.from_config(config), compute_loss, torch.device("cpu"))
+    run_training(run_dir, named, config.engine, compute_loss, torch.device("cpu"))
     return _records(run_dir)
 
 
@@ -98,7 +100,7 @@ def objectives(base: FinetuneConfig) -> dict[str, FinetuneConfig]:
     found = {"cache_single": dataclasses.replace(base, prompting="single"),
              "cache_multi_prompt": dataclasses.replace(base, prompting="multi")}
     try:
-        found["cache_phpg"] = dataclasses.replace(base, objective="phpg")
+        found["cache_phpg"] = dataclasses.replace(base, objective="phpg", phpg=PHPGSettings(error_head=True))
     except (TypeError, SamadaptError):  # no PHPG objective in this samadapt
         pass
     return found
@@ -118,10 +120,10 @@ def summarise(records: list[dict], batch_size: int) -> dict:
 def finetune_section(work: Path, prepared: PreparedDataset, quick: bool) -> dict:
     """Naive vs samadapt fine-tuning steps on ``prepared`` (embedded with tiny), per objective."""
     steps, warmup, rounds = (6, 2, 1) if quick else (14, 3, 2)
-    base = FinetuneConfig(data=str(prepared.root), model="tiny", steps=steps, batch_size=4, warmup_steps=0,
-                          checkpoint_every=steps, eval_every=steps, device="cpu")
+    engine = EngineSettings(steps=steps, batch_size=4, warmup_steps=0, checkpoint_every=steps, eval_every=steps)
+    base = FinetuneConfig(data=str(prepared.root), model="tiny", engine=engine, device="cpu")
     train = training_slices(prepared, "train")
-    order = SliceOrder(len(train), base.batch_size, 1, base.seed)
+    order = SliceOrder(len(train), engine.batch_size, 1, engine.seed)
     used = {i for step in range(steps) for i in order.indices(step)}
     loaded = load_sam("tiny")
     paths = write_naive_inputs(prepared, loaded.spec, [train[i] for i in sorted(used)], work / "naive_inputs")
@@ -134,12 +136,12 @@ def finetune_section(work: Path, prepared: PreparedDataset, quick: bool) -> dict
         timed["naive"] += naive_run(folder / "naive", load_sam("tiny"), prepared, base, paths, train)[warmup:]
         for name, config in configs.items():
             timed[name] += samadapt_run(folder / name, config)[warmup:]
-    rows = {name: summarise(records, base.batch_size) for name, records in timed.items()}
+    rows = {name: summarise(records, engine.batch_size) for name, records in timed.items()}
     naive = rows["naive"]
     ratios = {name: {"objects_per_s": round(row["objects_per_s"] / naive["objects_per_s"], 2),
                      "slices_per_s": round(row["slices_per_s"] / naive["slices_per_s"], 2)}
               for name, row in rows.items() if name != "naive"}
     file_bytes = next(iter(paths.values())).stat().st_size
-    return {"model": "tiny", "batch_size": base.batch_size, "steps_per_run": steps, "warmup_steps_dropped": warmup,
+    return {"model": "tiny", "batch_size": engine.batch_size, "steps_per_run": steps, "warmup_steps_dropped": warmup,
             "rounds": rounds, "configurations": rows, "ratio_vs_naive": ratios,
             "naive_file_bytes_per_slice": file_bytes}

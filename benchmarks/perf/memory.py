@@ -67,7 +67,8 @@ def training_rss(prepared_root: Path, run_dir: Path, steps: int) -> dict:
     ``run_dir`` is emptied first (a scratch folder of the suite)."""
     shutil.rmtree(run_dir, ignore_errors=True)
     train = [sys.executable, "-m", "samadapt", "train", str(prepared_root), "--out", str(run_dir),
-             "--set", f"steps={steps}", "--set", f"checkpoint_every={steps}", "--set", f"eval_every={steps}"]
+             "--set", f"engine.steps={steps}", "--set", f"engine.checkpoint_every={steps}",
+             "--set", f"engine.eval_every={steps}"]
     bare = [sys.executable, "-c", "import samadapt.cli; from samadapt.models.sam import load_sam; load_sam('tiny')"]
     train_bytes, bare_bytes = peak_rss_bytes(train), peak_rss_bytes(bare)
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

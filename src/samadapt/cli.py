@@ -67,22 +67,38 @@ def main() -> None:
 
 # Commands are registered below, one block per command, each calling into the library.
 
+SET_HELP = "Override a setting: key=value, group.key=value for a group's field (repeatable)."
+CONFIG_HELP = "YAML file of settings (groups as nested mappings); options and --set override it."
+
+
+def _command_settings(cls: type, config: Path | None, options: dict, set_: list[str] | None) -> Any:
+    """A command's settings (:mod:`samadapt.settings`): defaults < ``--config`` < the options given on the
+    command line (those not None) < ``--set``. A bad setting of the file is reported with the file's name."""
+    from samadapt.config import load_config, parse_overrides
+    from samadapt.settings import merge_settings
+
+    given = {key: value for key, value in options.items() if value is not None}
+    return load_config(cls, config, merge_settings(given, parse_overrides(set_), cls))
+
 
 @app.command("embed")
 @user_errors_exit_2
 def embed_command(
     prepared: Path = typer.Argument(..., help="Prepared dataset folder (written by `samadapt prepare`)."),
-    model: str = typer.Option(
-        "medsam_lite", help="Registered model name (medsam_lite, tiny, vit_b, ...) or a SAM-format checkpoint path."),
-    batch_size: int = typer.Option(8, help="Slices per encoder call."),
-    features: bool = typer.Option(
-        False, "--features/--no-features", help="Also store multi-level encoder features (for ProMISe)."
+    model: str | None = typer.Option(
+        None, help="Registered model name (medsam_lite, tiny, vit_b, ...) or a SAM-format checkpoint path "
+        "(default medsam_lite)."),
+    batch_size: int | None = typer.Option(None, help="Slices per encoder call (default 8)."),
+    features: bool | None = typer.Option(
+        None, "--features/--no-features", help="Also store multi-level encoder features (for ProMISe; default no)."
     ),
-    device: str = typer.Option("cpu", help="Torch device for the encoder: cpu, cuda, cuda:1, ..."),
+    device: str | None = typer.Option(None, help="Torch device for the encoder: cpu (default), cuda, cuda:1, ..."),
     out: Path | None = typer.Option(None, help="Cache folder (default: PREPARED/embeddings/<signature[:16]>)."),
-    encoder_runtime: str = typer.Option(
-        "auto", "--encoder-runtime", help="Image encoder on the CPU: auto (onnxruntime for LiteMedSAM's TinyViT), "
-        "torch or onnx."),
+    encoder_runtime: str | None = typer.Option(
+        None, "--encoder-runtime", help="Image encoder on the CPU: auto (default; onnxruntime for LiteMedSAM's "
+        "TinyViT), torch or onnx."),
+    config: Path | None = typer.Option(None, "--config", help=CONFIG_HELP),
+    set_: list[str] | None = typer.Option(None, "--set", help=SET_HELP),
 ) -> None:
     """Run the frozen image encoder once per slice; cache fp16 embeddings (resumes).
 
@@ -91,16 +107,20 @@ def embed_command(
     """
     from tqdm import tqdm
 
+    from samadapt.config import EmbedConfig
     from samadapt.data.prepared import PreparedDataset
     from samadapt.models.embedding_cache import compute_embeddings
     from samadapt.models.onnx_encoder import use_encoder_runtime
     from samadapt.models.sam import load_sam
     from samadapt.runtime import resolve_device, setup
 
+    settings = _command_settings(EmbedConfig, config, {
+        "model": model, "batch_size": batch_size, "features": features, "device": device,
+        "out": str(out) if out is not None else None, "encoder_runtime": encoder_runtime}, set_)
     dataset = PreparedDataset(prepared)
-    loaded = load_sam(model, device="cpu")
-    ranks, device = setup(device)
-    use_encoder_runtime(loaded, encoder_runtime, resolve_device(device))
+    loaded = load_sam(settings.model, device="cpu")
+    ranks, device = setup(settings.device)
+    use_encoder_runtime(loaded, settings.encoder_runtime, resolve_device(device))
     bars: list[tqdm] = []  # opened at the first report of work: a finished cache shows no bar
 
     def progress(done: int, total: int) -> None:
@@ -110,7 +130,7 @@ def embed_command(
 
     try:
         cache = compute_embeddings(
-            dataset, loaded, out=out, batch_size=batch_size, with_features=features,
+            dataset, loaded, out=settings.out, batch_size=settings.batch_size, with_features=settings.features,
             device=resolve_device(device), progress=progress if ranks.is_main else None, ranks=ranks,
         )
     finally:
@@ -139,8 +159,8 @@ def prepare_command(
         None, help="Regex naming a case's subject (first group), e.g. '^(patient\\d+)': one split per subject."),
     split_file: Path | None = typer.Option(
         None, help='JSON {"train": [...], "val": [...], "test": [...]} of case ids, or nnU-Net splits_final.json.'),
-    config: Path | None = typer.Option(None, "--config", help="YAML file of prepare settings (options override it)."),
-    set_: list[str] | None = typer.Option(None, "--set", help="Override a setting: key=value (repeatable)."),
+    config: Path | None = typer.Option(None, "--config", help=CONFIG_HELP),
+    set_: list[str] | None = typer.Option(None, "--set", help=SET_HELP),
 ) -> None:
     """Window, slice and resize a raw dataset into SAM's frame, with per-slice objects (resumes).
 
@@ -150,15 +170,13 @@ def prepare_command(
     """
     from tqdm import tqdm
 
-    from samadapt.config import PrepareConfig, load_config, parse_overrides
+    from samadapt.config import PrepareConfig
     from samadapt.data.prepare import prepare_dataset
 
     options = {"image_size": image_size, "axis": axis, "window": window, "min_area": min_area,
                "keep_empty_ratio": keep_empty, "seed": seed, "split": split.split(",") if split else None,
                "split_group": split_group, "split_file": str(split_file) if split_file else None}
-    overrides = {k: v for k, v in options.items() if v is not None}
-    overrides.update(parse_overrides(set_))
-    settings = load_config(PrepareConfig, config, overrides)
+    settings = _command_settings(PrepareConfig, config, options, set_)
     bars: list = []  # created on the first finished case, so early errors print alone
 
     def progress(done: int, total: int) -> None:
@@ -206,8 +224,8 @@ def models_command() -> None:
 @user_errors_exit_2
 def pretrain_command(
     run_dir: Path = typer.Argument(..., help="Run folder: config, corpus, checkpoints, metrics, model.pth."),
-    config: Path | None = typer.Option(None, "--config", help="YAML file of pretraining settings."),
-    set_: list[str] | None = typer.Option(None, "--set", help="Override a setting: key=value (repeatable)."),
+    config: Path | None = typer.Option(None, "--config", help=CONFIG_HELP),
+    set_: list[str] | None = typer.Option(None, "--set", help=SET_HELP),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in RUN_DIR from its last checkpoint."),
 ) -> None:
     """Pretrain the small foundation model (samadapt-tiny) from scratch on the synthetic shape corpus.
@@ -351,13 +369,13 @@ class _RunBars:
 def train_command(
     prepared: Path = typer.Argument(..., help="Prepared dataset folder (written by `samadapt prepare`)."),
     out: Path = typer.Option(..., "--out", help="Run folder: config, checkpoints, metrics, model.pth."),
-    config: Path | None = typer.Option(None, "--config", help="YAML file of training settings."),
-    set_: list[str] | None = typer.Option(None, "--set", help="Override a setting: key=value (repeatable)."),
+    config: Path | None = typer.Option(None, "--config", help=CONFIG_HELP),
+    set_: list[str] | None = typer.Option(None, "--set", help=SET_HELP),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
 ) -> None:
     """Fine-tune SAM's mask decoder with multi-prompt boxes (or the single-prompt baseline).
 
-    Settings: see `FinetuneConfig` (docs/training.md); e.g. --set prompting=single --set steps=500;
+    Settings: see `FinetuneConfig` (docs/training.md); e.g. --set prompting=single --set engine.steps=500;
     --set objective=phpg for PHPG's simulated users and correction rounds (docs/phpg.md).
     Data-parallel: `torchrun --nproc_per_node N -m samadapt train ...` (batch_size is split over the ranks).
     """
@@ -366,7 +384,7 @@ def train_command(
     from samadapt.training.finetune import finetune
 
     settings = _run_settings(FinetuneConfig, prepared, out, config, set_, resume)
-    bars = _RunBars("train", settings.steps)
+    bars = _RunBars("train", settings.engine.steps)
     try:
         ranks = _start_run(out, settings, resume)
         result = finetune(out, settings, on_step=bars.on_step, embed_progress=bars.embed_progress)
@@ -379,7 +397,7 @@ def train_command(
     last = (f"; the last step {chosen['last_step']} is last.pth" + (
         f" (validation Dice {chosen['last_val_dice']:.3f})" if chosen.get("last_val_dice") is not None else "")
         if chosen.get("step") != chosen.get("last_step") else "")
-    stopped = (f"; stopped early at step {result.steps} (patience {settings.patience})"
+    stopped = (f"; stopped early at step {result.steps} (patience {settings.engine.patience})"
                if chosen.get("stopped_early") else "")
     typer.echo(f"model written to {result.model}: step {chosen.get('step')} ({chosen.get('rule')}{score})"
                f"{last}{stopped}")
@@ -390,13 +408,13 @@ def train_command(
 def adapt_command(
     prepared: Path = typer.Argument(..., help="Prepared dataset folder (written by `samadapt prepare`)."),
     out: Path = typer.Option(..., "--out", help="Run folder: config, checkpoints, metrics, adapter.pt."),
-    config: Path | None = typer.Option(None, "--config", help="YAML file of ProMISe settings."),
-    set_: list[str] | None = typer.Option(None, "--set", help="Override a setting: key=value (repeatable)."),
+    config: Path | None = typer.Option(None, "--config", help=CONFIG_HELP),
+    set_: list[str] | None = typer.Option(None, "--set", help=SET_HELP),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
 ) -> None:
     """ProMISe with SAM frozen: train the auto-prompting module (APM) and/or pattern shifting (IPS).
 
-    Settings: see `PromiseConfig` (docs/promise.md); e.g. --set mode=ips --set steps=500. Embeds the data
+    Settings: see `PromiseConfig` (docs/promise.md); e.g. --set mode=ips --set engine.steps=500. Embeds the data
     (with encoder features for the APM) first when the cache is missing. Writes adapter.pt + adapter.json;
     SAM's weights are never changed or saved. Data-parallel: `torchrun --nproc_per_node N -m samadapt adapt ...`.
     """
@@ -405,7 +423,7 @@ def adapt_command(
     from samadapt.promise.adapt import adapt
 
     settings = _run_settings(PromiseConfig, prepared, out, config, set_, resume)
-    bars = _RunBars("adapt", settings.steps)
+    bars = _RunBars("adapt", settings.engine.steps)
     try:
         ranks = _start_run(out, settings, resume)
         result = adapt(out, settings, on_step=bars.on_step, embed_progress=bars.embed_progress)
@@ -414,7 +432,7 @@ def adapt_command(
     if not ranks.is_main:
         return
     if result.best_val_score is not None:
-        stopped = (f" (stopped early at step {result.steps}, patience {settings.patience})"
+        stopped = (f" (stopped early at step {result.steps}, patience {settings.engine.patience})"
                    if result.stopped_early else "")
         typer.echo(f"best validation Dice {result.best_val_score:.3f} at step {result.best_step}: "
                    f"{result.best}{stopped}")
@@ -457,18 +475,21 @@ def eval_command(
     model: list[str] | None = typer.Option(
         None, "--model", help="Registry name or SAM-format checkpoint path (repeatable; default: medsam_lite)."
     ),
-    split: str = typer.Option("test", "--split", help="Split to evaluate: train, val or test."),
-    jitter: str = typer.Option("0,5,10,20", "--jitter", help="Box jitter levels in model-frame pixels (comma list)."),
-    out: Path = typer.Option(Path("samadapt-eval"), "--out", help="Report folder (an earlier report is replaced)."),
-    device: str = typer.Option("cpu", "--device", help="Torch device: cpu, cuda, cuda:1 ..."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the box jitter noise, simulated prompts and --max-slices."),
-    protocol: str = typer.Option(
-        "box", "--protocol", help="Comma list: box (always), interactive (Dice after k clicks, NoC@85/90), "
+    split: str | None = typer.Option(None, "--split", help="Split to evaluate: train, val or test (default)."),
+    jitter: str | None = typer.Option(
+        None, "--jitter", help="Box jitter levels in model-frame pixels (comma list; default 0,5,10,20)."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Report folder (default samadapt-eval; an earlier report is replaced)."),
+    device: str | None = typer.Option(None, "--device", help="Torch device: cpu (default), cuda, cuda:1 ..."),
+    seed: int | None = typer.Option(
+        None, "--seed", help="Seed of the box jitter noise, simulated prompts and --max-slices (default 0)."),
+    protocol: str | None = typer.Option(
+        None, "--protocol", help="Comma list: box (always), interactive (Dice after k clicks, NoC@85/90), "
         "robustness (Dice per simulated prompting behaviour and its spread)."
     ),
-    prompts: str = typer.Option(
-        "box", "--prompts", help="box: prompted models side by side; auto: ProMISe adapters (--adapter) without "
-        "prompts, against frozen SAM with naive prompts and --model decoders given GT boxes."
+    prompts: str | None = typer.Option(
+        None, "--prompts", help="box (default): prompted models side by side; auto: ProMISe adapters (--adapter) "
+        "without prompts, against frozen SAM with naive prompts and --model decoders given GT boxes."
     ),
     adapter: list[str] | None = typer.Option(
         None, "--adapter", help="A `samadapt adapt` run folder or adapter file (repeatable; with --prompts auto)."
@@ -477,10 +498,12 @@ def eval_command(
         None, "--max-slices", metavar="N", help="Evaluate a random sample of N of the split's slices (drawn with "
         "--seed, the same for every model); means come with 95% bootstrap intervals either way."
     ),
-    workers: int = typer.Option(
-        1, "--workers", help="Processes scoring slices at once in the interactive, robustness and automatic "
-        "protocols (CPU; docs/training.md)."
+    workers: int | None = typer.Option(
+        None, "--workers", help="Processes scoring slices at once in the interactive, robustness and automatic "
+        "protocols (CPU; default 1; docs/training.md)."
     ),
+    config: Path | None = typer.Option(None, "--config", help=CONFIG_HELP),
+    set_: list[str] | None = typer.Option(None, "--set", help=SET_HELP),
 ) -> None:
     """Box-prompt evaluation of models side by side: 2D and 3D scores, jitter sensitivity, overlays.
 
@@ -491,6 +514,7 @@ def eval_command(
     """
     from tqdm import tqdm
 
+    from samadapt.config import EvalConfig
     from samadapt.errors import ConfigError
 
     def bars(desc: str, total: int | None):  # writing the report: a status line with its time
@@ -507,29 +531,34 @@ def eval_command(
             typer.echo(line)
         typer.echo(str(summary))
 
-    if prompts not in ("box", "auto"):
-        raise ConfigError(f"--prompts {prompts!r}: use box or auto")
-    sample_size, workers = parse_max_slices(max_slices), check_workers(workers, device)
-    if prompts == "box" and adapter:
+    options = {"model": model or None, "split": split, "jitter": jitter, "out": str(out) if out else None,
+               "device": device, "seed": seed, "protocol": protocol, "prompts": prompts, "adapter": adapter or None,
+               "max_slices": max_slices, "workers": workers}
+    settings = _command_settings(EvalConfig, config, options, set_)
+    sample_size, workers = parse_max_slices(settings.max_slices), check_workers(settings.workers, settings.device)
+    out = Path(settings.out)
+    if settings.prompts == "box" and settings.adapter:
         raise ConfigError("--adapter needs --prompts auto (ProMISe adapters segment without prompts)")
-    if prompts == "auto":
+    if settings.prompts == "auto":
         from samadapt.promise.auto_protocol import evaluate_automatic
 
-        summary = evaluate_automatic(prepared, adapter or [], out, references=model or [], split=split,
-                                     device=device, seed=seed, bars=bars, max_slices=sample_size, workers=workers)
+        summary = evaluate_automatic(prepared, settings.adapter or [], out, references=settings.model or [],
+                                     split=settings.split, device=settings.device, seed=settings.seed, bars=bars,
+                                     max_slices=sample_size, workers=workers)
         finish(summary)
         return
 
     from samadapt.evaluation.model_comparison import evaluate_models, parse_jitters
     from samadapt.evaluation.prompt_protocols import parse_protocols
 
-    levels = parse_jitters(jitter)
-    protocols = parse_protocols(protocol)
+    levels = parse_jitters(settings.jitter)
+    protocols = parse_protocols(settings.protocol)
 
     from samadapt.models.registry import DEFAULT_MODEL
 
-    summary = evaluate_models(prepared, model or [DEFAULT_MODEL], out, split=split, jitters=levels, device=device,
-                              seed=seed, bars=bars, protocols=protocols, max_slices=sample_size, workers=workers)
+    summary = evaluate_models(prepared, settings.model or [DEFAULT_MODEL], out, split=settings.split, jitters=levels,
+                              device=settings.device, seed=settings.seed, bars=bars, protocols=protocols,
+                              max_slices=sample_size, workers=workers)
     finish(summary)
 
 
@@ -617,9 +646,12 @@ def segment_command(
     boxes: Path | None = typer.Option(None, "--boxes", help="JSON prompt file: 3D boxes / clicks (docs/inference.md)."),
     auto: bool = typer.Option(False, "--auto", help="Segment without prompts through a ProMISe adapter (--adapter)."),
     adapter: Path | None = typer.Option(None, "--adapter", help="`samadapt adapt` run folder or its adapter file."),
-    window: str = typer.Option("auto", "--window", help="CT preset, 'W,L', percentiles, none or auto (as prepare)."),
+    window: str | None = typer.Option(
+        None, "--window", help="CT preset, 'W,L', percentiles, none or auto (default; as prepare)."),
     modality: str | None = typer.Option(None, "--modality", help="CT or MR: resolves --window auto (default guessed)."),
     device: str = typer.Option("cpu", "--device", help="Torch device: cpu, cuda, cuda:1 ..."),
+    config: Path | None = typer.Option(
+        None, "--config", help="YAML file of segment settings (window, modality, propagation, auto)."),
     set_: list[str] | None = typer.Option(
         None, "--set", help="propagation.KEY=VALUE or auto.KEY=VALUE (repeatable; docs/inference.md)."),
     encoder_runtime: str = typer.Option(
@@ -643,7 +675,7 @@ def segment_command(
         raise ConfigError("give either --boxes PROMPTS.json or --auto (with --adapter RUN)")
     if auto and adapter is None:
         raise ConfigError("--auto needs --adapter RUN: the ProMISe adapter that predicts the prompts")
-    settings = segment_settings(window, modality, parse_overrides(set_))
+    settings = segment_settings(window, modality, parse_overrides(set_), config)
     prompts = PromptFile.read(boxes) if boxes is not None else None
     segmenter = Segmenter.from_model(model if model is not None or adapter is not None else DEFAULT_MODEL,
                                      device=device, adapter=adapter, encoder_runtime=encoder_runtime)
@@ -667,40 +699,48 @@ def serve_command(
         None, "--model",
         help="Registry name, .pth or run folder (default medsam_lite; with --adapter its base model)."),
     adapter: Path | None = typer.Option(None, "--adapter", help="ProMISe adapter: enables the page's automatic mode."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; the default serves this machine only."),
-    port: int = typer.Option(8000, "--port", help="TCP port."),
-    device: str = typer.Option("cpu", "--device", help="Torch device: cpu, cuda, cuda:1 ..."),
-    max_upload_mb: int = typer.Option(512, "--max-upload-mb", help="Largest accepted upload, MiB."),
-    decoder: str = typer.Option(
-        "torch", "--decoder", help="Run each click's decoder in torch, or in onnxruntime ('onnx': CPU only, "
+    host: str | None = typer.Option(
+        None, "--host", help="Interface to bind; the default, 127.0.0.1, serves this machine only."),
+    port: int | None = typer.Option(None, "--port", help="TCP port (default 8000)."),
+    device: str | None = typer.Option(None, "--device", help="Torch device: cpu (default), cuda, cuda:1 ..."),
+    max_upload_mb: int | None = typer.Option(
+        None, "--max-upload-mb", help="Largest accepted upload, MiB (default 512)."),
+    decoder: str | None = typer.Option(
+        None, "--decoder", help="Run each click's decoder in torch (default), or in onnxruntime ('onnx': CPU only, "
         "2-3x faster per click; needs pip install 'samadapt\\[export]')."),
-    encoder_runtime: str = typer.Option(
-        "auto", "--encoder-runtime", help="Image encoder on the CPU: auto (onnxruntime for LiteMedSAM's TinyViT), "
-        "torch or onnx."),
+    encoder_runtime: str | None = typer.Option(
+        None, "--encoder-runtime", help="Image encoder on the CPU: auto (default; onnxruntime for LiteMedSAM's "
+        "TinyViT), torch or onnx."),
+    config: Path | None = typer.Option(None, "--config", help=CONFIG_HELP),
+    set_: list[str] | None = typer.Option(None, "--set", help=SET_HELP),
 ) -> None:
     """Interactive segmentation in the browser: open or upload a volume, box / click, assign, download NIfTI.
 
     Needs the web extra: pip install 'samadapt\\[serve]' (FastAPI and uvicorn).
     """
-    from samadapt.errors import ConfigError
+    from samadapt.config import ServeConfig
     from samadapt.inference.segmenter import Segmenter
     from samadapt.models.registry import DEFAULT_MODEL
     from samadapt.serve.app import create_app, default_allowed_hosts, run_server
     from samadapt.serve.sessions import ServeSettings
 
-    if not 1 <= port <= 65535 or max_upload_mb < 1:
-        raise ConfigError("--port must lie in 1..65535 and --max-upload-mb be at least 1")
-    if decoder not in ("torch", "onnx") or (decoder == "onnx" and device != "cpu"):
-        raise ConfigError(f"--decoder {decoder} with --device {device}: use torch (any device) or onnx (cpu)")
-    segmenter = Segmenter.from_model(model if model is not None or adapter is not None else DEFAULT_MODEL,
-                                     device=device, adapter=adapter, encoder_runtime=encoder_runtime)
-    settings = ServeSettings(data_dir=data, max_upload_bytes=max_upload_mb * 1024 * 1024, device=device,
-                             decoder=decoder)
+    options = {"data": data, "model": model, "adapter": adapter, "host": host, "port": port, "device": device,
+               "max_upload_mb": max_upload_mb, "decoder": decoder, "encoder_runtime": encoder_runtime}
+    chosen = _command_settings(ServeConfig, config, {k: str(v) if isinstance(v, Path) else v
+                                                     for k, v in options.items()}, set_)
+    adapter = Path(chosen.adapter) if chosen.adapter is not None else None
+    model = chosen.model if chosen.model is not None or adapter is not None else DEFAULT_MODEL
+    segmenter = Segmenter.from_model(model, device=chosen.device, adapter=adapter,
+                                     encoder_runtime=chosen.encoder_runtime)
+    settings = ServeSettings(data_dir=Path(chosen.data) if chosen.data is not None else None,
+                             max_upload_bytes=chosen.max_upload_mb * 1024 * 1024, device=chosen.device,
+                             decoder=chosen.decoder)
+    host = chosen.host
     loopback = host in ("127.0.0.1", "localhost", "::1")
     allowed = default_allowed_hosts(host) if loopback else ["*"]
-    web = create_app(segmenter.loaded, settings, segmenter.adapter, model or segmenter.loaded.spec.name, allowed)
+    web = create_app(segmenter.loaded, settings, segmenter.adapter, chosen.model or segmenter.loaded.spec.name, allowed)
     if not loopback:
         typer.echo(f"warning: serving on {host}: anyone who reaches this machine can open the data folder's volumes",
                    err=True)
-    typer.echo(f"samadapt serve: http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}  (Ctrl+C stops)")
-    run_server(web, host=host, port=port)
+    typer.echo(f"samadapt serve: http://{'127.0.0.1' if host == '0.0.0.0' else host}:{chosen.port}  (Ctrl+C stops)")
+    run_server(web, host=host, port=chosen.port)

@@ -1,212 +1,48 @@
-"""Configuration: one dataclass per command, YAML round trip, CLI overrides.
+"""Configuration: one dataclass per command, with the settings groups of its components.
 
 Every run directory gets the resolved configuration as ``config.yaml``; ``load_config`` reads it back, so
-a run can be repeated exactly. Overrides are ``key=value`` strings parsed as YAML scalars
-(``lr=1e-4``, ``classes=[liver,spleen]``); nested keys are not used.
+a run can be repeated exactly. Files are YAML, a group as a nested mapping; overrides are ``--set
+key=value`` (``group.key=value`` for a group's field), values parsed as YAML (``engine.lr=1e-4``,
+``classes=[liver,spleen]``). The machinery is :mod:`samadapt.settings`; the groups are the components' own
+settings classes:
+
+- ``engine`` (``train``, ``adapt``): :class:`~samadapt.training.engine.EngineSettings`;
+- ``box_noise``, ``pruning``, ``phpg`` (``train``): :class:`~samadapt.prompts.box_noise.BoxNoise`,
+  :class:`~samadapt.training.pruning.PruningSettings`, :class:`~samadapt.training.phpg.PHPGSettings`;
+- ``propagation``, ``auto`` (``segment``): see :mod:`samadapt.inference.segment_cases`.
+
+Runs saved before the groups existed hold flat keys (``lr``, ``prune_ratio``, ``phpg_rounds`` ...): each
+command's ``renamed`` table maps them to the groups, so their ``config.yaml`` still loads and resumes.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import ClassVar
 
-import yaml
-
+from samadapt.data.prepare_config import PrepareConfig  # noqa: F401  (re-exported: every command's settings are here)
 from samadapt.errors import ConfigError
-from samadapt.io.atomic import atomic_path
-
-T = TypeVar("T")
-
-
-def config_to_dict(config: Any) -> dict:
-    """A dataclass as a plain dict (tuples -> lists, paths -> strings) fit for YAML."""
-
-    def plain(value: Any) -> Any:
-        if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        if isinstance(value, os.PathLike):
-            return str(value)
-        return value
-
-    return {f.name: plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
-
-
-def parse_overrides(pairs: list[str] | None) -> dict:
-    """``["lr=1e-4", "steps=200"]`` -> ``{"lr": 0.0001, "steps": 200}``."""
-    result = {}
-    for pair in pairs or []:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"override '{pair}': write it as key=value")
-        result[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
-    return result
-
-
-def make_config(cls: type[T], values: dict, source: str = "configuration") -> T:
-    """Build dataclass ``cls`` from ``values``, rejecting unknown keys with the list of known ones."""
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(known)}")
-    converted = {}
-    for key, value in values.items():
-        default = known[key].default
-        if isinstance(default, tuple) and isinstance(value, list):
-            value = tuple(value)
-        elif isinstance(default, float) and isinstance(value, (int, str)) and not isinstance(value, bool):
-            try:  # YAML 1.1 reads "1e-4" as a string
-                value = float(value)
-            except ValueError:
-                raise ConfigError(f"{source}: {key} must be a number, got '{value}'") from None
-        converted[key] = value
-    try:
-        return cls(**converted)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"{source}: {err}") from None
-
-
-def load_config(cls: type[T], path: str | os.PathLike[str] | None = None, overrides: dict | None = None) -> T:
-    """Defaults of ``cls``, updated from a YAML file (if given), then from ``overrides``. A bad setting that
-    the file itself holds is reported with the file's name (``<path>: ...``)."""
-    values: dict = {}
-    if path is not None:
-        path = Path(path)
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise ConfigError(f"{path}: cannot read YAML config ({type(err).__name__}); check the file") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: a config file must be a mapping of setting: value")
-        values.update(loaded)
-    source = str(path) if path else "options"
-    try:
-        return make_config(cls, {**values, **(overrides or {})}, source=source)
-    except ConfigError as err:
-        if path is None or str(err).startswith(f"{path}:"):
-            raise
-        try:  # the file's settings alone: when they fail, the file is at fault, not the overrides
-            make_config(cls, values, source=source)
-        except ConfigError:
-            raise ConfigError(f"{path}: {err}") from None
-        raise
-
-
-def save_config(config: Any, path: str | os.PathLike[str]) -> Path:
-    """Write ``config`` as YAML atomically."""
-    with atomic_path(path, suffix=".yaml") as tmp:
-        tmp.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
-    return Path(path)
-
-
-def check_choices(config: Any, choices: dict[str, tuple[str, ...]], bad) -> None:
-    """Raise ``bad(message)`` when a setting of ``config`` is not one of its allowed strings."""
-    for key, allowed in choices.items():
-        if getattr(config, key) not in allowed:
-            raise bad(f"{key}={getattr(config, key)!r}: use one of {', '.join(allowed)}")
-
-
-def check_integers(config: Any, keys: tuple[str, ...], minimum: int, bad) -> None:
-    """Raise ``bad(message)`` unless each setting is an integer (not a bool) >= ``minimum``."""
-    for key in keys:
-        value = getattr(config, key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise bad(f"{key}={value!r}: use an integer >= {minimum}")
-
-
-def check_numbers(config: Any, keys: tuple[str, ...], bad, fraction: bool = False) -> None:
-    """Raise ``bad(message)`` unless each setting is a number >= 0 (``fraction``: between 0 and 1)."""
-    for key in keys:
-        value = getattr(config, key)
-        number = not isinstance(value, bool) and isinstance(value, (int, float))
-        if not number or not value >= 0 or (fraction and value > 1):
-            raise bad(f"{key}={value!r}: " + ("use a fraction between 0 and 1" if fraction else "use a number >= 0"))
-
-
-def check_flags(config: Any, keys: tuple[str, ...], bad) -> None:
-    """Raise ``bad(message)`` unless each setting is a bool."""
-    for key in keys:
-        if not isinstance(getattr(config, key), bool):
-            raise bad(f"{key}={getattr(config, key)!r}: use true or false")
-
-
-@dataclasses.dataclass
-class PrepareConfig:
-    """Settings of ``samadapt prepare`` (raw dataset -> prepared model-frame slices).
-
-    - ``image_size``: side ``S`` of the square model frame (longest side resized to it, then padded).
-    - ``axis``: slicing axis of ``(Z, Y, X)`` volumes: ``axial`` (Z), ``coronal`` (Y) or ``sagittal`` (X).
-    - ``window``: CT preset name, ``"W,L"`` in HU, ``percentiles``, ``none`` or ``auto`` (CT -> abdomen,
-      other modalities -> percentiles; 8-bit 2D images pass through).
-    - ``min_area``: objects smaller than this many model-frame pixels are dropped.
-    - ``keep_empty_ratio``: fraction of slices without objects that are kept (chosen from ``seed``).
-    - ``split``: train/val/test fractions of cases; ``seed`` drives the split and empty-slice choice.
-    - ``split_group``: a regular expression whose first group (or whole match) names the subject of a case
-      id, e.g. ``'^(patient\\d+)'``: all cases of a subject share one split, and the fractions count
-      subjects. Without it, case names that look like ``<subject>_<number>`` cut by the split give a warning.
-    - ``split_file``: a JSON file ``{"train": [...], "val": [...], "test": [...]}`` of case ids (of subjects
-      with ``split_group``), or nnU-Net's ``splits_final.json`` (fold 0); it replaces ``split``.
-    - ``classes``: class names to keep (``None``: all); other label values become background.
-    - ``percentiles``: lower/upper foreground percentiles for percentile normalisation.
-    """
-
-    image_size: int = 256
-    axis: str = "axial"
-    window: str = "auto"
-    min_area: int = 16
-    keep_empty_ratio: float = 0.1
-    split: tuple[float, float, float] = (0.7, 0.15, 0.15)
-    split_group: str | None = None
-    split_file: str | None = None
-    seed: int = 0
-    classes: list[str] | None = None
-    percentiles: tuple[float, float] = (0.5, 99.5)
-
-    def __post_init__(self) -> None:
-        def bad(what: str) -> ConfigError:
-            return ConfigError(f"prepare setting {what}")
-
-        size = self.image_size
-        if isinstance(size, bool) or not isinstance(size, int) or not 16 <= size <= 4096:
-            raise bad(f"image_size={self.image_size!r}: use an integer between 16 and 4096 (SAM uses 1024)")
-        if self.axis not in ("axial", "coronal", "sagittal"):
-            raise bad(f"axis={self.axis!r}: use axial, coronal or sagittal")
-        self.window = str(self.window)
-        if isinstance(self.min_area, bool) or not isinstance(self.min_area, int) or self.min_area < 1:
-            raise bad(f"min_area={self.min_area!r}: use an integer >= 1 (model-frame pixels)")
-        if not isinstance(self.keep_empty_ratio, (int, float)) or not 0.0 <= self.keep_empty_ratio <= 1.0:
-            raise bad(f"keep_empty_ratio={self.keep_empty_ratio!r}: use a fraction between 0 and 1")
-        try:
-            split = tuple(float(f) for f in self.split)
-        except (TypeError, ValueError):
-            split = ()
-        if len(split) != 3 or min(split) < 0 or split[0] <= 0 or abs(sum(split) - 1.0) > 1e-6:
-            raise bad(f"split={self.split!r}: give three fractions train,val,test summing to 1 (train > 0)")
-        self.split = split
-        for key in ("split_group", "split_file"):
-            value = getattr(self, key)
-            if value is not None and (not isinstance(value, str) or not value):
-                raise bad(f"{key}={value!r}: give a non-empty string")
-        if self.split_file is not None:
-            self.split_file = str(Path(self.split_file).expanduser().resolve())
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise bad(f"seed={self.seed!r}: use a non-negative integer")
-        if self.classes is not None:
-            if isinstance(self.classes, str):
-                self.classes = [c.strip() for c in self.classes.split(",") if c.strip()]
-            if not self.classes or not all(isinstance(c, str) for c in self.classes):
-                raise bad(f"classes={self.classes!r}: give a list of class names, e.g. [liver,spleen]")
-            self.classes = list(self.classes)
-        try:
-            percentiles = tuple(float(p) for p in self.percentiles)
-        except (TypeError, ValueError):
-            percentiles = ()
-        if len(percentiles) != 2 or not 0.0 <= percentiles[0] < percentiles[1] <= 100.0:
-            raise bad(f"percentiles={self.percentiles!r}: give lower,upper with 0 <= lower < upper <= 100")
-        self.percentiles = percentiles
+from samadapt.prompts.box_noise import BoxNoise
+from samadapt.settings import (  # noqa: F401  (the settings machinery, imported from here by the commands)
+    check_choices,
+    check_flags,
+    check_groups,
+    check_integers,
+    check_numbers,
+    config_to_dict,
+    expand_dotted,
+    load_config,
+    make_config,
+    merge_settings,
+    migrate_renamed,
+    names_list,
+    parse_overrides,
+    save_config,
+    setting_error,
+)
+from samadapt.training.engine import EngineSettings
+from samadapt.training.phpg import PHPGSettings
+from samadapt.training.pruning import PruningSettings
 
 
 @dataclasses.dataclass
@@ -278,57 +114,48 @@ class PretrainConfig:
             raise ConfigError("pretrain settings box_warmup_fraction + full_recipe_fraction exceed 1; lower one")
 
 
+ENGINE_KEYS = ("steps", "batch_size", "grad_accum", "lr", "weight_decay", "warmup_steps", "min_lr_fraction",
+               "grad_clip", "amp", "seed", "checkpoint_every", "checkpoint_seconds", "eval_every", "patience",
+               "min_delta")
+
+
 @dataclasses.dataclass
 class RunConfig:
     """What the training commands share (``samadapt train``, ``samadapt adapt``): the prepared dataset, the
-    base model and the settings of the training engine (:mod:`samadapt.training.engine`).
-
-    Engine: AdamW, linear warm-up over ``warmup_steps`` then cosine to ``min_lr_fraction`` x ``lr``,
-    ``grad_accum`` micro-batches of ``batch_size`` slices per step, gradient clipping at ``grad_clip``,
-    bf16/fp16 autocast on CUDA when ``amp`` (never on CPU), checkpoints every ``checkpoint_every`` steps
-    and also once ``checkpoint_seconds`` have passed since the last one (0: by steps only), so a stopped
-    run on a slow machine loses at most about that much work; validation on ``val_split`` every
-    ``eval_every`` steps (the best step is kept); with ``patience`` > 0 the run stops early once that many
-    validations in a row after the warm-up brought no gain of more than ``min_delta`` over the last gain
-    (0: runs all ``steps``). A command's config redeclares
-    the fields whose defaults differ.
+    base model, the device, the validation split and the ``engine`` group (:class:`EngineSettings`: steps,
+    batch, optimiser, schedule, checkpoints, validation and early stopping; ``--set engine.lr=1e-4``).
     """
 
     data: str = ""  # the prepared dataset folder (set by `samadapt train|adapt PREPARED`)
     model: str = "medsam_lite"  # the real foundation (models.registry.DEFAULT_MODEL); `tiny` for quick runs
-    steps: int = 300
-    batch_size: int = 4
-    grad_accum: int = 1
-    lr: float = 3e-4
-    weight_decay: float = 0.01
-    warmup_steps: int = 20
-    min_lr_fraction: float = 0.05
-    grad_clip: float = 1.0
-    amp: bool = True
-    seed: int = 0
-    checkpoint_every: int = 50
-    checkpoint_seconds: float = 60.0
-    eval_every: int = 50
-    patience: int = 0
-    min_delta: float = 0.0
-    val_split: str = "val"
     device: str = "cpu"
-    lr_example: ClassVar[str] = "1e-4"  # the lr an error message suggests
+    val_split: str = "val"
+    engine: EngineSettings = dataclasses.field(default_factory=EngineSettings)
+    # flat keys of runs saved before the groups (a run's config.yaml from then still loads)
+    renamed: ClassVar[dict[str, str]] = {key: f"engine.{key}" for key in ENGINE_KEYS}
 
     def check_run_settings(self, bad) -> None:
         """Validate the fields above (``bad(message)`` builds the command's :class:`ConfigError`)."""
+        check_groups(self, bad)
         check_choices(self, {"val_split": ("train", "val", "test")}, bad)
-        check_integers(self, ("steps", "batch_size", "grad_accum", "checkpoint_every", "eval_every"), 1, bad)
-        check_integers(self, ("warmup_steps", "seed", "patience"), 0, bad)
-        check_numbers(self, ("weight_decay", "grad_clip", "checkpoint_seconds", "min_delta"), bad)
-        check_numbers(self, ("min_lr_fraction",), bad, fraction=True)
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
-            raise bad(f"lr={self.lr!r}: use a positive number, e.g. {self.lr_example}")
-        check_flags(self, ("amp",), bad)
         self.data = str(self.data)
 
 
 LESION_KEYWORDS = ("lesion", "tumor", "tumour", "cancer", "metast", "nodule", "cyst", "mass")
+
+
+FINETUNE_RENAMED = {
+    **RunConfig.renamed,
+    "box_noise": "box_noise.style", "organ_box_shift_px": "box_noise.organ_shift_px",
+    "lesion_box_shift_px": "box_noise.lesion_shift_px", "box_shift_max_fraction": "box_noise.max_fraction",
+    "sam_noise_std": "box_noise.sam_std",
+    "pruning": "pruning.policy", "prune_ratio": "pruning.ratio", "prune_anneal_fraction": "pruning.anneal_fraction",
+    "prune_min_class_share": "pruning.min_class_share", "prune_protected_classes": "pruning.protected_classes",
+    "prune_rare_class_share": "pruning.rare_class_share",
+    **{f"phpg_{key}": f"phpg.{key}" for key in (
+        "correction_rounds", "mask_only_rounds", "first_weights", "correction_weights", "error_head",
+        "guidance_mix", "error_weight", "recompute_passes")},
+}
 
 
 @dataclasses.dataclass
@@ -339,15 +166,10 @@ class FinetuneConfig(RunConfig):
     image embedding decoded in one pass (at most ``max_prompts_per_slice``, a random subset beyond that);
     ``single`` is the baseline that prompts one random object per slice per step.
 
-    Box prompts come from the ground truth, perturbed (``box_noise``): ``medsam`` moves each side outward
-    by U(0, shift) pixels, MedSAM's 0-20 px at 1024 scaled to the model frame; ``sam`` adds N(0,
-    ``sam_noise_std`` x side) to each coordinate, capped at the shift (boxes grow and shrink); ``mixed``
-    (default) draws one of the two per box, as users draw loose boxes and boxes that cut the object;
-    ``none`` keeps tight boxes. The
-    shift is ``organ_box_shift_px`` or ``lesion_box_shift_px`` (model-frame pixels) by object type, and
-    never more than ``box_shift_max_fraction`` of the box side, so small lesions keep informative boxes.
-    Lesion classes are ``lesion_classes``, or by default every class whose name contains one of
-    :data:`LESION_KEYWORDS`.
+    Box prompts come from the ground truth, perturbed by the ``box_noise`` group (:class:`BoxNoise`: style
+    ``mixed``, ``medsam``, ``sam`` or ``none``, shifts in model-frame pixels for organs and lesions, capped
+    at a fraction of the box side). Lesion classes are ``lesion_classes``, or by default every class whose
+    name contains one of :data:`LESION_KEYWORDS`.
 
     Loss per prompt: Dice + BCE (``loss: dice+focal`` swaps BCE for focal) on the logits upsampled to
     ``loss_size`` px against area-downsampled targets (None: at the model-input resolution), plus
@@ -359,28 +181,20 @@ class FinetuneConfig(RunConfig):
     attention. LoRA runs the encoder on the slices at every step (no embedding cache: slower) and merges
     the adapters into the saved weights.
 
-    Data pruning (``pruning``): ``class`` is CBDP, ``global`` InfoBatch's single threshold, ``random`` the
-    same count at random, ``none`` all data (see :mod:`samadapt.training.pruning` for the rule and the
-    ``prune_*`` settings). With pruning, ``steps`` sets the length in full-data epochs
-    (``steps x batch_size x grad_accum / training slices``) and the run ends when those epochs are done,
-    in fewer steps.
+    Data pruning: the ``pruning`` group (:class:`PruningSettings`; ``pruning.policy``: ``class`` is CBDP,
+    ``global`` InfoBatch's single threshold, ``random`` the same count at random, ``none`` all data). With
+    pruning, ``engine.steps`` sets the length in full-data epochs and the run ends when those epochs are
+    done, in fewer steps.
 
     Objective (``objective``): ``multi-prompt`` (the boxes above) or ``phpg``: parallel heuristic prompt
-    generation (:mod:`samadapt.training.phpg`, docs/phpg.md): every region draws a simulated user's first
-    prompt (``phpg_first_weights``, behaviour name -> weight, None: every behaviour 1, names left out: 0),
-    then ``phpg_correction_rounds`` correction clicks (``phpg_correction_weights``: ``largest_error`` /
-    ``random_error``) and ``phpg_mask_only_rounds`` mask-only rounds, all regions of a slice in one decoder
-    pass per round; SAM's recipe is 8 + 2, the default 2 + 1 keeps CPU runs affordable. ``phpg_error_head``
-    trains an error-prediction head (``phpg_error_weight`` x BCE) that places a fraction
-    ``phpg_guidance_mix`` of the correction clicks; ``phpg_recompute_passes`` recomputes each round's
-    activations in the backward pass instead of keeping them (same gradients, memory of one round instead of
-    all, one more decoder forward per round). The mask loss is the one above, at ``loss_size``; the
-    box settings above do not apply to PHPG.
+    generation (:mod:`samadapt.training.phpg`, docs/phpg.md), set by the ``phpg`` group
+    (:class:`PHPGSettings`: rounds, simulated users, the optional error head). The mask loss is the one
+    above, at ``loss_size``; the box noise does not apply to PHPG.
 
-    Engine (:class:`RunConfig`, whose defaults this command keeps): validation Dice with tight boxes, the
-    best step kept as ``best.pth``, the last as ``last.pth``. ``select_model`` says which of the two becomes
-    ``model.pth``, the run's model that ``eval``, ``segment`` and a run folder resolve to: ``best``
-    (validation Dice; the last step when there is no validation split) or ``last``.
+    Engine (the ``engine`` group, :class:`EngineSettings`, with its defaults): validation Dice with tight
+    boxes, the best step kept as ``best.pth``, the last as ``last.pth``. ``select_model`` says which of the
+    two becomes ``model.pth``, the run's model that ``eval``, ``segment`` and a run folder resolve to:
+    ``best`` (validation Dice; the last step when there is no validation split) or ``last``.
     """
 
     select_model: str = "best"
@@ -389,75 +203,34 @@ class FinetuneConfig(RunConfig):
     train_prompt_encoder: bool = False
     lora_rank: int = 0  # > 0: also train LoRA adapters (this rank) on the image encoder's attention
     lora_alpha: float = 8.0
-    box_noise: str = "mixed"
-    organ_box_shift_px: float = 5.0
-    lesion_box_shift_px: float = 2.0
-    box_shift_max_fraction: float = 0.25
-    sam_noise_std: float = 0.1
     lesion_classes: list[str] | None = None
     loss: str = "dice+bce"
     iou_weight: float = 1.0
     prompt_reduction: str = "mean"
     loss_size: int | None = None  # side of the mask-loss frame in px (None: the model-input size)
-    pruning: str = "none"
-    prune_ratio: float = 0.5
-    prune_anneal_fraction: float = 0.125
-    prune_min_class_share: float = 0.5
-    prune_protected_classes: list[str] | None = None
-    prune_rare_class_share: float = 0.1
     objective: str = "multi-prompt"
-    phpg_correction_rounds: int = 2  # SAM's recipe and the PHPG issue: 8 (a CPU budget by default)
-    phpg_mask_only_rounds: int = 1  # SAM: 2
-    phpg_first_weights: dict[str, float] | None = None
-    phpg_correction_weights: dict[str, float] | None = None
-    phpg_error_head: bool = True
-    phpg_guidance_mix: float = 0.5
-    phpg_error_weight: float = 1.0
-    phpg_recompute_passes: bool = False  # recompute each round's activations in backward: far less memory, ~+35% time
+    box_noise: BoxNoise = dataclasses.field(default_factory=BoxNoise)
+    pruning: PruningSettings = dataclasses.field(default_factory=PruningSettings)
+    phpg: PHPGSettings = dataclasses.field(default_factory=PHPGSettings)
+    renamed: ClassVar[dict[str, str]] = FINETUNE_RENAMED
 
     def __post_init__(self) -> None:
-        def bad(what: str) -> ConfigError:
-            return ConfigError(f"train setting {what}")
-
-        self._check_phpg(bad)
+        bad = setting_error("train")
         self.check_run_settings(bad)
         check_choices(self, {"select_model": ("best", "last"), "prompting": ("multi", "single"),
-                             "box_noise": ("mixed", "medsam", "sam", "none"),
                              "loss": ("dice+bce", "dice+focal"), "prompt_reduction": ("mean", "max"),
-                             "pruning": ("none", "class", "global", "random")}, bad)
+                             "objective": ("multi-prompt", "phpg")}, bad)
         check_integers(self, ("max_prompts_per_slice",), 1, bad)
         check_integers(self, ("lora_rank",), 0, bad)
-        check_numbers(self, ("lora_alpha", "organ_box_shift_px", "lesion_box_shift_px", "box_shift_max_fraction",
-                             "sam_noise_std", "iou_weight"), bad)
+        check_numbers(self, ("lora_alpha", "iou_weight"), bad)
         if self.loss_size is not None and (
             isinstance(self.loss_size, bool) or not isinstance(self.loss_size, int) or self.loss_size < 8
         ):
             raise bad(f"loss_size={self.loss_size!r}: use an integer >= 8 (pixels; capped at the model frame) or null")
-        check_numbers(self, ("prune_ratio", "prune_anneal_fraction", "prune_min_class_share",
-                             "prune_rare_class_share"), bad, fraction=True)
-        if isinstance(self.prune_protected_classes, str):
-            self.prune_protected_classes = [c.strip() for c in self.prune_protected_classes.split(",") if c.strip()]
-        if isinstance(self.lesion_classes, str):
-            self.lesion_classes = [c.strip() for c in self.lesion_classes.split(",") if c.strip()]
-
-    def _check_phpg(self, bad) -> None:
-        """The ``objective`` and ``phpg_*`` settings (behaviour names against the simulators' registry)."""
-        from samadapt.prompts.behaviour_mixture import CORRECTION_BEHAVIOURS, FIRST_BEHAVIOURS, check_weights
-
-        if self.objective not in ("multi-prompt", "phpg"):
-            raise bad(f"objective={self.objective!r}: use one of multi-prompt, phpg")
-        check_integers(self, ("phpg_correction_rounds", "phpg_mask_only_rounds"), 0, bad)
-        check_flags(self, ("phpg_error_head", "phpg_recompute_passes"), bad)
-        check_numbers(self, ("phpg_error_weight",), bad)
-        check_numbers(self, ("phpg_guidance_mix",), bad, fraction=True)
-        registries = (("phpg_first_weights", FIRST_BEHAVIOURS), ("phpg_correction_weights", CORRECTION_BEHAVIOURS))
-        for key, known in registries:
-            value = getattr(self, key)
-            if value is not None:
-                try:
-                    setattr(self, key, check_weights(value, known, key))
-                except ValueError as err:
-                    raise bad(str(err)) from None
+        self.lesion_classes = names_list(self.lesion_classes)
+        if self.lesion_classes is not None and not (
+                isinstance(self.lesion_classes, list) and all(isinstance(c, str) for c in self.lesion_classes)):
+            raise bad(f"lesion_classes={self.lesion_classes!r}: give a list of class names, e.g. [tumour]")
 
     def is_lesion(self, class_name: str) -> bool:
         """Whether ``class_name`` gets the lesion box range (see the class docstring)."""
@@ -494,13 +267,13 @@ class PromiseConfig(RunConfig):
     false for ``ips`` (box-prompt Dice 68.9 vs 61.3 multimask, frozen SAM 69.4; docs/promise.md). Automatic
     modes prompt every class present on a slice (the union of its instances); ``ips`` prompts every object.
 
-    Engine (:class:`RunConfig`): batch 8 slices, lr 1e-3, ``weight_decay`` 0 (the paper's Adam); validation
-    by the automatic Dice (with an APM) or the prompted Dice (``ips``).
+    Engine (the ``engine`` group, :class:`EngineSettings`): its defaults but batch 8 slices, lr 1e-3,
+    ``weight_decay`` 0 (the paper's Adam); validation by the automatic Dice (with an APM) or the prompted
+    Dice (``ips``).
     """
 
-    batch_size: int = 8
-    lr: float = 1e-3
-    weight_decay: float = 0.0
+    engine: EngineSettings = dataclasses.field(default_factory=lambda: EngineSettings(
+        batch_size=8, lr=1e-3, weight_decay=0.0))  # the paper's Adam, lr 1e-3
     mode: str = "apm+ips"
     classes: list[str] | None = None
     apm_kind: str = "resnet"
@@ -515,12 +288,9 @@ class PromiseConfig(RunConfig):
     negative_margin: float = 0.5
     promptable_weight: float = 1.0  # apm+ips: weight of the ground-truth-prompt loss that keeps IPS promptable
     multimask_output: bool | None = None  # None: true with an APM, false for mode ips (see the docstring)
-    lr_example: ClassVar[str] = "1e-3"
 
     def __post_init__(self) -> None:
-        def bad(what: str) -> ConfigError:
-            return ConfigError(f"adapt setting {what}")
-
+        bad = setting_error("adapt")
         self.check_run_settings(bad)
         check_choices(self, {"mode": ("apm", "ips", "apm+ips"), "apm_kind": ("resnet", "cross_attention"),
                              "apm_size": ("auto", "small", "paper"), "apm_init": ("prior", "centre"),
@@ -533,8 +303,7 @@ class PromiseConfig(RunConfig):
         if self.multimask_output is None:
             self.multimask_output = self.has_apm
         check_flags(self, ("presence_head", "multimask_output"), bad)
-        if isinstance(self.classes, str):
-            self.classes = [c.strip() for c in self.classes.split(",") if c.strip()]
+        self.classes = names_list(self.classes)
         if self.classes is not None and (not self.classes or not all(isinstance(c, str) for c in self.classes)):
             raise bad(f"classes={self.classes!r}: give a list of class names, e.g. [liver,spleen]")
 
@@ -545,3 +314,92 @@ class PromiseConfig(RunConfig):
     @property
     def has_ips(self) -> bool:
         return self.mode in ("ips", "apm+ips")
+
+
+def _comma_text(value: object) -> object:
+    """A YAML list (``[0, 5, 10]``) as the comma list an option takes (``"0,5,10"``); anything else as it is."""
+    return ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    """``samadapt eval``: its options as settings (``--config``, ``--set``; an option given on the command line
+    wins over the file). ``model`` and ``adapter`` are lists (None: ``medsam_lite``; no adapter), ``jitter``
+    and ``protocol`` comma lists or YAML lists, ``max_slices`` None for every slice."""
+
+    model: list[str] | None = None
+    split: str = "test"
+    jitter: str = "0,5,10,20"
+    out: str = "samadapt-eval"
+    device: str = "cpu"
+    seed: int = 0
+    protocol: str = "box"
+    prompts: str = "box"
+    adapter: list[str] | None = None
+    max_slices: int | str | None = None
+    workers: int = 1
+
+    def __post_init__(self) -> None:
+        bad = setting_error("eval")
+        self.jitter, self.protocol = str(_comma_text(self.jitter)), str(_comma_text(self.protocol))
+        for key in ("model", "adapter"):
+            value = names_list(getattr(self, key))
+            if value is not None and (not isinstance(value, list) or not all(isinstance(v, str) for v in value)):
+                raise bad(f"{key}={value!r}: give a list of names or paths")
+            setattr(self, key, value)
+        check_choices(self, {"split": ("train", "val", "test")}, bad)
+        if self.prompts not in ("box", "auto"):
+            raise bad(f"prompts={self.prompts!r} (--prompts {self.prompts!r}): use box or auto")
+        check_integers(self, ("seed",), 0, bad)  # workers and max_slices: checked as the options are, by eval
+        self.out, self.device = str(self.out), str(self.device)
+
+
+@dataclasses.dataclass
+class ServeConfig:
+    """``samadapt serve``: its options as settings (``--config``, ``--set``; an option given on the command
+    line wins over the file). ``data``: the folder volumes may be opened from (None: uploads only); ``model``
+    None: ``medsam_lite`` (with ``adapter``: its base model)."""
+
+    data: str | None = None
+    model: str | None = None
+    adapter: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    device: str = "cpu"
+    max_upload_mb: int = 512
+    decoder: str = "torch"
+    encoder_runtime: str = "auto"
+
+    def __post_init__(self) -> None:
+        bad = setting_error("serve")
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 1 <= self.port <= 65535:
+            raise bad(f"port={self.port!r}: use a TCP port in 1..65535")
+        check_integers(self, ("max_upload_mb",), 1, bad)
+        if self.decoder not in ("torch", "onnx") or (self.decoder == "onnx" and self.device != "cpu"):
+            raise bad(f"decoder={self.decoder!r} (--decoder) with device={self.device!r}: use torch (any device) "
+                      "or onnx (cpu)")
+        for key in ("data", "model", "adapter"):
+            if getattr(self, key) is not None:
+                setattr(self, key, str(getattr(self, key)))
+        self.host, self.device = str(self.host), str(self.device)
+
+
+@dataclasses.dataclass
+class EmbedConfig:
+    """``samadapt embed``: its options as settings (``--config``, ``--set``; an option given on the command
+    line wins over the file). ``out`` None: ``PREPARED/embeddings/<signature[:16]>``."""
+
+    model: str = "medsam_lite"
+    batch_size: int = 8
+    features: bool = False
+    device: str = "cpu"
+    out: str | None = None
+    encoder_runtime: str = "auto"
+
+    def __post_init__(self) -> None:
+        bad = setting_error("embed")
+        check_integers(self, ("batch_size",), 1, bad)
+        check_flags(self, ("features",), bad)
+        self.model, self.device = str(self.model), str(self.device)
+        if self.out is not None:
+            self.out = str(self.out)

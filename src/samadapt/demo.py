@@ -24,7 +24,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -50,9 +50,11 @@ from samadapt.promise import load_adapter
 from samadapt.promise.adapt import adapt
 from samadapt.promise.predict import predict_automatic_split
 from samadapt.runtime import resolve_device
-from samadapt.training.engine import STATE_FILE
+from samadapt.training.engine import STATE_FILE, EngineSettings
 from samadapt.training.finetune import CONFIG_FILE, finetune, prepare_run_folder, validation_dice
 from samadapt.training.multi_prompt import MultiPromptObjective
+from samadapt.training.phpg import PHPGSettings
+from samadapt.training.pruning import PruningSettings
 from samadapt.training.slice_data import SliceSample, training_slices
 
 Status = Callable[[str], None]
@@ -180,7 +182,7 @@ def estimate_seconds(plan: DemoPlan, speed: MachineSpeed) -> float:
     validations = math.ceil(plan.train_steps / plan.eval_every)
     evaluation = test * cost["eval_per_slice"] * step + cost["report"] * step
     fine_tune = validations * val * cost["val_per_slice"] * step + evaluation
-    phpg_steps = plan.cbdp_epochs * math.ceil(train / FinetuneConfig.batch_size) * cost["cbdp_kept"]
+    phpg_steps = plan.cbdp_epochs * math.ceil(train / EngineSettings().batch_size) * cost["cbdp_kept"]
     seconds = (plan.cases * cost["data_per_case"] * step + slices * cost["embed_per_slice"] * speed.encoder_s
                + 2 * evaluation + val * cost["val_per_slice"] * step
                + plan.train_steps * (cost["single_step"] + cost["multi_step"]) * step + 2 * fine_tune
@@ -268,7 +270,7 @@ def _fine_tune(
     ``base_val``: the validation Dice of the base model, the curve's step 0 (None without a validation split).
     """
     config = _start_run(run_dir, FinetuneConfig, config, label, status)
-    with bars(label, config.steps) as bar:
+    with bars(label, config.engine.steps) as bar:
         on_step = _steps_bar(bar)
         result = finetune(run_dir, config, on_step=on_step)
         on_step({"step": result.steps})  # a finished run reused shows its steps too
@@ -280,12 +282,13 @@ def _fine_tune(
         curve.insert(0, (0, base_val))
     prompts = "all objects of a slice at once" if config.prompting == "multi" else "one random object per slice"
     if config.objective == "phpg":
-        prompts = (f"simulated users on all regions of a slice, {config.phpg_correction_rounds} correction + "
-                   f"{config.phpg_mask_only_rounds} mask-only rounds, error head on")
+        head = "on" if config.phpg.error_head else "off"
+        prompts = (f"simulated users on all regions of a slice, {config.phpg.correction_rounds} correction + "
+                   f"{config.phpg.mask_only_rounds} mask-only rounds, error head {head}")
     if (run_dir / "pruning.json").is_file():
         pruning = json.loads((run_dir / "pruning.json").read_text())
         prompts += f", CBDP: {pruning['iterations']} of {pruning['iterations_full_data']} full-data iterations"
-    notes = f"decoder fine-tuned, {config.batch_size} slices/step, {prompts}; wall time of training"
+    notes = f"decoder fine-tuned, {config.engine.batch_size} slices/step, {prompts}; wall time of training"
     method = MethodResult(label, rows, iterations=result.steps, wall_s=result.wall_s, curve=curve, notes=notes)
     return method, predictions
 
@@ -297,7 +300,7 @@ def _promise_auto(run_dir: Path, config: PromiseConfig, loaded: LoadedModel, pre
     config = _start_run(run_dir, PromiseConfig, config, label, status)
     with bar_on_demand(bars, "embed features") as progress:  # the APM reads the encoder's block outputs
         compute_embeddings(prepared, loaded, with_features=True, device=config.device, progress=progress)
-    with bars(label, config.steps) as bar:
+    with bars(label, config.engine.steps) as bar:
         on_step = _steps_bar(bar)
         result = adapt(run_dir, config, on_step=on_step, loaded=loaded)
         on_step({"step": result.steps})
@@ -308,7 +311,7 @@ def _promise_auto(run_dir: Path, config: PromiseConfig, loaded: LoadedModel, pre
     with bars(f"{label}: scores", len(auto.predictions)) as bar:
         rows = _score_each(prepared, auto.predictions, bar)[1]
     notes = (f"SAM frozen, no prompts: APM points + IPS shift, {result.trainable_parameters:,} trainable parameters, "
-             f"{config.batch_size} slices/step; scored against each class's mask; false positives on "
+             f"{config.engine.batch_size} slices/step; scored against each class's mask; false positives on "
              f"{100 * auto.false_positive_rate:.0f}% of the test slices' absent classes")
     return MethodResult(label, rows, iterations=result.steps, wall_s=result.wall_s, notes=notes)
 
@@ -393,25 +396,28 @@ def run_demo(
             base_val = validation_dice(loaded, prepared, cache, FinetuneConfig.val_split)
             bar.update(_count_slices(prepared, FinetuneConfig.val_split))
     for prompting in ("single", "multi"):
-        config = FinetuneConfig(data=str(prepared.root), model=model, prompting=prompting, steps=plan.train_steps,
-                                eval_every=plan.eval_every, checkpoint_every=plan.eval_every, device=device,
-                                seed=plan.seed)
+        engine = EngineSettings(steps=plan.train_steps, eval_every=plan.eval_every,
+                                checkpoint_every=plan.eval_every, seed=plan.seed)
+        config = FinetuneConfig(data=str(prepared.root), model=model, prompting=prompting, engine=engine,
+                                device=device)
         method, predictions = _fine_tune(out / "runs" / f"{prompting}-prompt", config, prepared, cache, bars,
                                          f"{prompting}-prompt FT", base_val, status)
         done[method.name] = method
         if prompting == "multi":
             columns.append(predictions)
         report(columns)
-    epoch_steps = math.ceil(len(training_slices(prepared, "train")) / FinetuneConfig.batch_size)
-    phpg = FinetuneConfig(data=str(prepared.root), model=model, objective="phpg", pruning="class", prune_ratio=1.0,
-                          phpg_correction_rounds=1, phpg_mask_only_rounds=0, steps=plan.cbdp_epochs * epoch_steps,
-                          eval_every=plan.eval_every, checkpoint_every=plan.eval_every, device=device, seed=plan.seed)
+    epoch_steps = math.ceil(len(training_slices(prepared, "train")) / EngineSettings().batch_size)
+    engine = EngineSettings(steps=plan.cbdp_epochs * epoch_steps, eval_every=plan.eval_every,
+                            checkpoint_every=plan.eval_every, seed=plan.seed)
+    phpg = FinetuneConfig(data=str(prepared.root), model=model, objective="phpg", engine=engine, device=device,
+                          pruning=PruningSettings("class", ratio=1.0),
+                          phpg=PHPGSettings(correction_rounds=1, mask_only_rounds=0))
     done[labels[4]] = _fine_tune(out / "runs" / "phpg-cbdp", phpg, prepared, cache, bars, labels[4], base_val,
                                  status)[0]
     report(columns)
-    promise = PromiseConfig(data=str(prepared.root), model=model, steps=plan.promise_steps,
-                            eval_every=plan.promise_steps, checkpoint_every=plan.eval_every, device=device,
-                            seed=plan.seed)
+    engine = replace(PromiseConfig().engine, steps=plan.promise_steps, eval_every=plan.promise_steps,
+                     checkpoint_every=plan.eval_every, seed=plan.seed)
+    promise = PromiseConfig(data=str(prepared.root), model=model, engine=engine, device=device)
     done[labels[5]] = _promise_auto(out / "runs" / "promise", promise, loaded, prepared, bars, labels[5], status)
     return report(columns)
 

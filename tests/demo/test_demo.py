@@ -18,6 +18,7 @@ from samadapt.demo import DemoPlan, MachineSpeed, _fine_tune, estimate_seconds, 
 from samadapt.models.embedding_cache import open_cache
 from samadapt.models.registry import REGISTRY
 from samadapt.models.sam import build_sam, load_sam, save_sam
+from samadapt.training.engine import EngineSettings
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +95,8 @@ def test_report_has_tables_plots_and_overlays(demo_run):
     pruning = json.loads((out / "runs" / "phpg-cbdp" / "pruning.json").read_text())
     assert len(pruning["epochs"]) == PLAN.cbdp_epochs and pruning["iterations"] == phpg["iterations"]
     assert pruning["iterations"] < pruning["iterations_full_data"]  # the middle epoch was pruned
-    assert (out / "runs" / "phpg-cbdp" / "error_head.pth").is_file()
+    # PHPG with its defaults: no error head (off by default, docs/phpg.md), and the notes say so
+    assert not (out / "runs" / "phpg-cbdp" / "error_head.pth").exists() and "error head off" in phpg["notes"]
     promise = summary_json["ProMISe APM+IPS (auto)"]
     assert promise["iterations"] == PLAN.promise_steps and "SAM frozen" in promise["notes"]
     assert (out / "runs" / "promise" / "adapter.pt").is_file() and not list((out / "runs" / "promise").glob("*.pth"))
@@ -164,9 +166,9 @@ def test_an_interrupted_stage_continues_from_its_checkpoint(demo_run, micro_chec
     out, _ = demo_run
     prepared = PreparedDataset(out / "data" / "prepared")
     cache = open_cache(prepared, load_sam(str(micro_checkpoint)))
-    config = FinetuneConfig(data=str(prepared.root), model=str(micro_checkpoint), prompting="multi",
-                            steps=PLAN.train_steps, eval_every=PLAN.eval_every, checkpoint_every=PLAN.eval_every,
+    engine = EngineSettings(steps=PLAN.train_steps, eval_every=PLAN.eval_every, checkpoint_every=PLAN.eval_every,
                             seed=PLAN.seed)
+    config = FinetuneConfig(data=str(prepared.root), model=str(micro_checkpoint), prompting="multi", engine=engine)
     shown: dict[str, list[int]] = {}
 
     class Bar:

@@ -25,8 +25,8 @@ from samadapt.models.registry import REGISTRY
 from samadapt.models.sam import build_sam, load_sam, save_sam
 
 SPEC = REGISTRY["test_micro_tinyvit"]
-SHORT = ["--set", "steps=2", "--set", "batch_size=2", "--set", "eval_every=2", "--set", "checkpoint_every=2",
-         "--set", "warmup_steps=0"]
+SHORT = ["--set", "engine.steps=2", "--set", "engine.batch_size=2", "--set", "engine.eval_every=2",
+         "--set", "engine.checkpoint_every=2", "--set", "engine.warmup_steps=0"]
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def workspace(tmp_path_factory) -> dict:
 
 
 @pytest.mark.parametrize("objective", [[], ["--set", "objective=phpg"],
-                                       ["--set", "objective=phpg", "--set", "pruning=class"]],
+                                       ["--set", "objective=phpg", "--set", "pruning.policy=class"]],
                          ids=["multi_prompt", "phpg", "phpg_cbdp"])
 def test_train_every_objective_and_evaluate(workspace, objective, tmp_path: Path):
     run = tmp_path / "run"

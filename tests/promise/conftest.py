@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from samadapt.config import PrepareConfig, PromiseConfig
+from samadapt.config import PrepareConfig, PromiseConfig, make_config, merge_settings
 from samadapt.data.phantoms import write_phantom_dataset
 from samadapt.data.prepare import prepare_dataset
 from samadapt.data.prepared import PreparedDataset
@@ -45,8 +45,8 @@ def promise_config(promise_prepared, micro_base):
     """``PromiseConfig`` for the micro set: a short schedule, everything else overridable."""
 
     def make(**overrides) -> PromiseConfig:
-        values = dict(data=str(promise_prepared.root), model=str(micro_base), steps=6, batch_size=2,
-                      checkpoint_every=2, eval_every=3, warmup_steps=1, lr=3e-3)
-        return PromiseConfig(**{**values, **overrides})
+        values = dict(data=str(promise_prepared.root), model=str(micro_base),
+                      engine=dict(steps=6, batch_size=2, checkpoint_every=2, eval_every=3, warmup_steps=1, lr=3e-3))
+        return make_config(PromiseConfig, merge_settings(values, overrides, PromiseConfig))
 
     return make

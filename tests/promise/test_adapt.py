@@ -15,6 +15,7 @@ from samadapt.config import PromiseConfig
 from samadapt.models.sam import load_sam, sam_digest
 from samadapt.promise import load_adapter
 from samadapt.promise.adapt import adapt
+from samadapt.training.engine import EngineSettings
 from samadapt.training.finetune import prepare_run_folder
 
 
@@ -31,7 +32,7 @@ def _run(run_dir: Path, config: PromiseConfig, **kw):
 def test_sam_is_bit_identical_and_only_the_adapter_is_optimised(promise_config, micro_base, tmp_path, mode, kind):
     loaded = load_sam(str(micro_base))
     before = {k: v.clone() for k, v in loaded.sam.state_dict().items()}
-    config = promise_config(mode=mode, apm_kind=kind, steps=3, eval_every=3)
+    config = promise_config(mode=mode, apm_kind=kind, engine={"steps": 3, "eval_every": 3})
     result = _run(tmp_path / "run", config, loaded=loaded)
     after = loaded.sam.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -65,8 +66,8 @@ def test_decoder_output_default_follows_the_mode_and_can_be_set():
 
 def test_a_short_run_lowers_the_loss(tiny_prepared, tmp_path):
     """On the packaged small foundation model (a random micro SAM gives APM and IPS nothing to steer)."""
-    config = PromiseConfig(data=str(tiny_prepared.root), model="tiny", steps=24, batch_size=2, lr=3e-3,
-                           warmup_steps=2, eval_every=24, checkpoint_every=24, promptable_weight=0.0)
+    engine = EngineSettings(steps=24, batch_size=2, lr=3e-3, warmup_steps=2, eval_every=24, checkpoint_every=24)
+    config = PromiseConfig(data=str(tiny_prepared.root), model="tiny", engine=engine, promptable_weight=0.0)
     records: list[dict] = []
     _run(tmp_path / "run", config, on_step=records.append)
     for key in ("mask_loss", "presence_loss"):
@@ -77,7 +78,7 @@ def test_a_short_run_lowers_the_loss(tiny_prepared, tmp_path):
 
 
 def test_a_killed_run_resumes_to_the_same_weights(promise_config, tmp_path):
-    config = promise_config(steps=5, checkpoint_every=2, eval_every=3)
+    config = promise_config(engine={"steps": 5, "checkpoint_every": 2, "eval_every": 3})
     straight = _run(tmp_path / "straight", config)
 
     def kill(record: dict) -> None:
@@ -111,13 +112,13 @@ def test_cli_bad_settings_exit_2_with_one_line(promise_prepared, micro_base, tmp
 def test_cli_runs_resumes_and_refuses_changes(promise_prepared, micro_base, tmp_path):
     out = tmp_path / "r"
     common = ["adapt", str(promise_prepared.root), "--out", str(out)]
-    first = CliRunner().invoke(app, [*common, "--set", f"model={micro_base}", "--set", "steps=2",
-                                     "--set", "batch_size=2", "--set", "eval_every=5"])
+    first = CliRunner().invoke(app, [*common, "--set", f"model={micro_base}", "--set", "engine.steps=2",
+                                     "--set", "engine.batch_size=2", "--set", "engine.eval_every=5"])
     assert first.exit_code == 0, first.output
     assert "adapter written to" in first.stdout and (out / "adapter.pt").is_file()
     used = CliRunner().invoke(app, [*common, "--set", f"model={micro_base}"])
     assert used.exit_code == 2 and "--resume" in used.stderr
-    changed = CliRunner().invoke(app, [*common, "--resume", "--set", "steps=3"])
+    changed = CliRunner().invoke(app, [*common, "--resume", "--set", "engine.steps=3"])
     assert changed.exit_code == 2 and "saved config.yaml" in changed.stderr
     again = CliRunner().invoke(app, [*common, "--resume"])
     assert again.exit_code == 0, again.output

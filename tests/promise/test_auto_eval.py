@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +29,8 @@ def adapter_run(tmp_path_factory, promise_prepared, micro_base) -> Path:
     from samadapt.config import PromiseConfig
 
     run = tmp_path_factory.mktemp("auto_eval") / "run"
-    config = PromiseConfig(data=str(promise_prepared.root), model=str(micro_base), steps=2, batch_size=2,
-                           eval_every=5)
+    engine = replace(PromiseConfig().engine, steps=2, batch_size=2, eval_every=5)
+    config = PromiseConfig(data=str(promise_prepared.root), model=str(micro_base), engine=engine)
     prepare_run_folder(run, config, resume=False)
     adapt(run, config)
     return run

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from samadapt.errors import ConfigError
 from samadapt.prompts.box_noise import BoxNoise
 
 BOXES = torch.tensor([[20.0, 30.0, 120.0, 140.0], [60.0, 60.0, 68.0, 66.0]])  # an organ, a small lesion
@@ -56,5 +57,5 @@ def test_boxes_stay_inside_the_frame(style):
 def test_none_keeps_tight_boxes_and_unknown_styles_are_refused():
     gen = torch.Generator().manual_seed(0)
     assert torch.equal(BoxNoise("none")(BOXES, LESION, gen, 256), BOXES)
-    with pytest.raises(ValueError, match="medsam"):
+    with pytest.raises(ConfigError, match="box_noise setting style='wobbly': use one of mixed, medsam"):
         BoxNoise("wobbly")

@@ -9,13 +9,15 @@ import sys
 
 import torch
 
-from samadapt.config import FinetuneConfig
+from samadapt.config import FinetuneConfig, make_config
 from samadapt.models.sam import read_state_dict
 from samadapt.runtime import Ranks
+from samadapt.settings import expand_dotted
 from samadapt.training.finetune import finetune, prepare_run_folder
 
-SETTINGS = {"box_noise": "none", "batch_size": 4, "steps": 24, "eval_every": 12, "checkpoint_every": 12,
-            "pruning": "class", "prune_min_class_share": 0.0, "lr": 1e-3, "warmup_steps": 2}
+SETTINGS = {"box_noise.style": "none", "engine.batch_size": 4, "engine.steps": 24, "engine.eval_every": 12,
+            "engine.checkpoint_every": 12, "pruning.policy": "class", "pruning.min_class_share": 0.0,
+            "engine.lr": 1e-3, "engine.warmup_steps": 2}
 
 
 def test_shards_split_a_batch_without_overlap():
@@ -26,7 +28,8 @@ def test_shards_split_a_batch_without_overlap():
 
 def test_torchrun_two_ranks_match_one_process(micro_prepared, base, tmp_path):
     single = tmp_path / "single"
-    config = FinetuneConfig(data=str(micro_prepared.root), model=str(base), **SETTINGS)
+    values = {"data": str(micro_prepared.root), "model": str(base), **SETTINGS}
+    config = make_config(FinetuneConfig, expand_dotted(values))
     prepare_run_folder(single, config, resume=False)
     finetune(single, config)
 
@@ -47,7 +50,7 @@ def test_torchrun_two_ranks_match_one_process(micro_prepared, base, tmp_path):
     # update, lr * (1 - beta1) / sqrt(1 - beta2) ~ 3.2 lr per step (Kingma & Ba, sec. 2.1). That bounds
     # every weight, whatever the machine; the claim "the same run" is checked where it lives: (almost) every
     # weight agrees to float32 noise (measured here: 7e-6 at most), and so do the two runs' loss curves.
-    bound = 2 * 3.2 * SETTINGS["lr"] * SETTINGS["steps"]
+    bound = 2 * 3.2 * SETTINGS["engine.lr"] * SETTINGS["engine.steps"]
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=bound, msg=key)
         # per tensor, 0.1% of its weights may be noisy coordinates, and at least one (a small bias)

@@ -17,14 +17,15 @@ import numpy as np
 import pytest
 import torch
 
-from samadapt.config import PromiseConfig
+from samadapt.config import PromiseConfig, make_config
 from samadapt.errors import ConfigError
 from samadapt.promise.adapt import adapt
+from samadapt.settings import expand_dotted
 from samadapt.training.finetune import prepare_run_folder
 
 # promptable_weight=0: no ground-truth-prompt term, whose random prompts each rank would draw on its own
-SETTINGS = {"mode": "apm+ips", "promptable_weight": 0.0, "batch_size": 4, "steps": 6, "eval_every": 6,
-            "checkpoint_every": 3, "warmup_steps": 1, "lr": 1e-3}
+SETTINGS = {"mode": "apm+ips", "promptable_weight": 0.0, "engine.batch_size": 4, "engine.steps": 6,
+            "engine.eval_every": 6, "engine.checkpoint_every": 3, "engine.warmup_steps": 1, "engine.lr": 1e-3}
 
 
 def test_torchrun_two_ranks_adapt_like_one_process(micro_prepared, base, tmp_path):
@@ -38,7 +39,8 @@ def test_torchrun_two_ranks_adapt_like_one_process(micro_prepared, base, tmp_pat
     assert done.stdout.count("adapter written to") == 1  # rank 0 alone reports and writes
 
     single = tmp_path / "single"
-    config = PromiseConfig(data=str(micro_prepared.root), model=str(base), **SETTINGS)
+    values = {"data": str(micro_prepared.root), "model": str(base), **SETTINGS}
+    config = make_config(PromiseConfig, expand_dotted(values))
     prepare_run_folder(single, config, resume=False)
     adapt(single, config)  # reads the cache (with features) the two ranks wrote
     a = torch.load(single / "adapter.pt", weights_only=True)
@@ -50,14 +52,14 @@ def test_torchrun_two_ranks_adapt_like_one_process(micro_prepared, base, tmp_pat
     # (Kingma & Ba, sec. 2.1). The rigorous bound per weight is therefore 2 * 3.2 * lr * steps; the claim
     # "the same run" is checked where it lives: (almost) every weight agrees to float32 noise (per tensor,
     # 0.1% of its weights may be noisy coordinates, and at least one: a small bias), and the loss curves agree.
-    bound = 2 * 3.2 * SETTINGS["lr"] * SETTINGS["steps"]
+    bound = 2 * 3.2 * SETTINGS["engine.lr"] * SETTINGS["engine.steps"]
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=bound, msg=key)
         far = int((~torch.isclose(a[key], b[key], rtol=1e-4, atol=1e-5)).sum())
         assert far <= max(1, a[key].numel() // 1000), (key, far)
     curves = [[json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
                if "loss" in json.loads(line)] for run in (single, ddp)]
-    assert len(curves[0]) == len(curves[1]) == SETTINGS["steps"]
+    assert len(curves[0]) == len(curves[1]) == SETTINGS["engine.steps"]
     np.testing.assert_allclose(curves[0], curves[1], rtol=1e-3)
     assert any(float(v.abs().sum()) > 0 for k, v in a.items() if k.startswith("ips.mlp.2"))  # IPS did train
     with pytest.raises(ConfigError, match="checkpointed with 2 process"):  # resume needs as many processes

@@ -184,7 +184,12 @@ def test_autocast_is_for_cuda_only_and_settings_come_from_a_method_config():
     with factory():
         assert not torch.is_autocast_enabled("cpu")
     assert scaler is None
-    settings = EngineSettings.from_config(FinetuneConfig(steps=7, lr=1e-3, grad_accum=2))
+    from samadapt.config import load_config, parse_overrides
+
+    config = load_config(FinetuneConfig, None, parse_overrides(["engine.steps=7", "engine.lr=1e-3",
+                                                                "engine.grad_accum=2"]))
+    settings = config.engine  # the group is the engine's settings object, passed as it is
+    assert isinstance(settings, EngineSettings)
     assert (settings.steps, settings.lr, settings.grad_accum, settings.amp) == (7, 1e-3, 2, True)
 
 
@@ -242,9 +247,8 @@ def test_slow_steps_are_checkpointed_on_time_and_resume_exactly(tmp_path: Path, 
     for key, value in model.state_dict().items():
         assert torch.equal(value, straight[key]), key
 
-    from samadapt.config import FinetuneConfig
     from samadapt.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="checkpoint_seconds"):
-        FinetuneConfig(checkpoint_seconds=-1)
-    assert EngineSettings.from_config(FinetuneConfig(checkpoint_seconds=5)).checkpoint_seconds == 5
+    with pytest.raises(ConfigError, match="engine setting checkpoint_seconds=-1"):
+        EngineSettings(checkpoint_seconds=-1)
+    assert EngineSettings(checkpoint_seconds=5).checkpoint_seconds == 5

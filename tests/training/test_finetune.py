@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from samadapt.cli import app
-from samadapt.config import FinetuneConfig
+from samadapt.config import FinetuneConfig, make_config, merge_settings
 from samadapt.errors import ConfigError
 from samadapt.models.sam import load_sam, read_state_dict
 from samadapt.training.finetune import finetune, prepare_run_folder
@@ -21,9 +21,10 @@ class KilledError(RuntimeError):
 
 
 def _config(prepared, base, **kw) -> FinetuneConfig:
-    values = dict(data=str(prepared.root), model=str(base), steps=6, batch_size=2, checkpoint_every=2,
-                  eval_every=3, warmup_steps=2, lr=1e-3)
-    return FinetuneConfig(**{**values, **kw})
+    """A short run's settings; ``kw`` as in a config file (groups as dicts, e.g. ``engine={"steps": 4}``)."""
+    values = dict(data=str(prepared.root), model=str(base),
+                  engine=dict(steps=6, batch_size=2, checkpoint_every=2, eval_every=3, warmup_steps=2, lr=1e-3))
+    return make_config(FinetuneConfig, merge_settings(values, kw, FinetuneConfig))
 
 
 def _run(run_dir: Path, config: FinetuneConfig, **kw):
@@ -55,7 +56,7 @@ def test_only_the_decoder_changes_and_checkpoints_load(micro_prepared, base, run
 
 
 def test_select_last_keeps_the_last_step(micro_prepared, base, run_dir):
-    result = _run(run_dir, _config(micro_prepared, base, select_model="last", steps=4, eval_every=2))
+    result = _run(run_dir, _config(micro_prepared, base, select_model="last", engine={"steps": 4, "eval_every": 2}))
     sidecar = json.loads(result.model.with_suffix(".json").read_text())
     assert sidecar["selection"]["rule"] == "last" and sidecar["selection"]["step"] == 4
     assert all(torch.equal(v, read_state_dict(run_dir / "last.pth")[k])
@@ -64,7 +65,8 @@ def test_select_last_keeps_the_last_step(micro_prepared, base, run_dir):
 
 
 def test_prompt_encoder_trains_when_asked(micro_prepared, base, run_dir):
-    result = _run(run_dir, _config(micro_prepared, base, train_prompt_encoder=True, steps=2, eval_every=10))
+    config = _config(micro_prepared, base, train_prompt_encoder=True, engine={"steps": 2, "eval_every": 10})
+    result = _run(run_dir, config)
     before, after = read_state_dict(base), read_state_dict(result.model)
     changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
     assert changed == {"mask_decoder", "prompt_encoder"}
@@ -87,13 +89,15 @@ def _straight_and_resumed(tmp_path: Path, config: FinetuneConfig, kill_at: int):
 
 
 def test_killed_run_resumes_to_the_same_weights(micro_prepared, base, tmp_path):
-    straight, resumed = _straight_and_resumed(tmp_path, _config(micro_prepared, base, box_noise="sam"), kill_at=5)
+    config = _config(micro_prepared, base, box_noise={"style": "sam"})
+    straight, resumed = _straight_and_resumed(tmp_path, config, kill_at=5)
     assert resumed.curve == straight.curve
 
 
 def test_multi_prompt_training_learns(micro_prepared, base, run_dir):
     records = []
-    _run(run_dir, _config(micro_prepared, base, steps=40, lr=3e-3, eval_every=40), on_step=records.append)
+    config = _config(micro_prepared, base, engine={"steps": 40, "lr": 3e-3, "eval_every": 40})
+    _run(run_dir, config, on_step=records.append)
     first = sum(r["loss"] for r in records[:5]) / 5
     last = sum(r["loss"] for r in records[-5:]) / 5
     assert last < 0.8 * first
@@ -111,10 +115,18 @@ def test_a_used_folder_needs_resume_and_resume_needs_a_run(micro_prepared, base,
 
 @pytest.mark.parametrize("args, expected", [
     (["--set", "prompting=several"], "prompting='several'"),
-    (["--set", "lr=0"], "lr=0"),
+    (["--set", "engine.lr=0"], "engine setting lr=0"),
     (["--set", "model=tiny"], "prepared at 64 px"),
     (["--set", "stepz=3"], "unknown setting"),
-    (["--set", "patience=-1"], "patience=-1"),
+    (["--set", "engine.patience=-1"], "engine setting patience=-1"),
+    (["--set", "engine.lr=abc"], "engine.lr must be a number, got 'abc'"),
+    (["--set", "engine.stepz=3"], "unknown setting(s) engine.stepz; known: engine.steps"),
+    (["--set", "lr=1e-4"], "lr is now engine.lr"),
+    (["--set", "pruning=class"], "pruning is a group of settings"),
+    (["--set", "pruning.ratio=2"], "pruning setting ratio=2.0: use a fraction between 0 and 1"),
+    (["--set", "box_noise.style=wobbly"], "box_noise setting style='wobbly'"),
+    (["--set", "engine=3"], "engine is a group of settings"),
+    (["--set", "engine.lr"], "write it as key=value"),
 ])
 def test_cli_bad_settings_exit_2_with_one_line(micro_prepared, tmp_path, args, expected):
     result = CliRunner().invoke(app, ["train", str(micro_prepared.root), "--out", str(tmp_path / "r"), *args])
@@ -128,8 +140,9 @@ def test_cli_patience_stops_a_run_that_no_longer_improves(micro_prepared, base, 
     stops at the third validation (step 3 of 20), keeps the first as its model and says so."""
     out = tmp_path / "r"
     result = CliRunner().invoke(app, ["train", str(micro_prepared.root), "--out", str(out), "--set", f"model={base}",
-                                      "--set", "steps=20", "--set", "eval_every=1", "--set", "patience=2",
-                                      "--set", "lr=1e-12", "--set", "batch_size=2", "--set", "warmup_steps=0"])
+                                      "--set", "engine.steps=20", "--set", "engine.eval_every=1",
+                                      "--set", "engine.patience=2", "--set", "engine.lr=1e-12",
+                                      "--set", "engine.batch_size=2", "--set", "engine.warmup_steps=0"])
     assert result.exit_code == 0, result.output
     selection = json.loads((out / "model.json").read_text())["selection"]
     assert (selection["step"], selection["last_step"], selection["stopped_early"]) == (1, 3, True)
@@ -139,7 +152,7 @@ def test_cli_patience_stops_a_run_that_no_longer_improves(micro_prepared, base, 
 def test_cli_resume_refuses_changed_settings(micro_prepared, base, tmp_path):
     out = tmp_path / "r"
     common = ["train", str(micro_prepared.root), "--out", str(out), "--set", f"model={base}"]
-    first = CliRunner().invoke(app, [*common, "--set", "steps=2", "--set", "eval_every=5"])
+    first = CliRunner().invoke(app, [*common, "--set", "engine.steps=2", "--set", "engine.eval_every=5"])
     assert first.exit_code == 0, first.output
     assert "model written to" in first.stdout.strip().splitlines()[-1]
     again = CliRunner().invoke(app, [*common, "--resume"])
@@ -149,7 +162,8 @@ def test_cli_resume_refuses_changed_settings(micro_prepared, base, tmp_path):
 
 
 def test_lora_adapts_the_encoder_and_saves_a_plain_sam(micro_prepared, base, run_dir):
-    result = _run(run_dir, _config(micro_prepared, base, lora_rank=2, lora_alpha=4.0, steps=4, eval_every=4))
+    config = _config(micro_prepared, base, lora_rank=2, lora_alpha=4.0, engine={"steps": 4, "eval_every": 4})
+    result = _run(run_dir, config)
     before, after = read_state_dict(base), read_state_dict(result.model)
     assert set(after) == set(before)  # adapters merged: no lora_a / lora_b keys, loadable as plain SAM
     changed = {k for k in before if not torch.equal(before[k], after[k])}
@@ -161,12 +175,13 @@ def test_lora_adapts_the_encoder_and_saves_a_plain_sam(micro_prepared, base, run
 
 
 def test_lora_resumes_to_the_same_weights(micro_prepared, base, tmp_path):
-    _straight_and_resumed(tmp_path, _config(micro_prepared, base, lora_rank=2, steps=4, eval_every=10), kill_at=3)
+    config = _config(micro_prepared, base, lora_rank=2, engine={"steps": 4, "eval_every": 10})
+    _straight_and_resumed(tmp_path, config, kill_at=3)
 
 
 def test_cbdp_run_takes_fewer_steps_and_resumes_exactly(micro_prepared, base, tmp_path):
-    config = _config(micro_prepared, base, pruning="class", batch_size=4, steps=32, eval_every=100,
-                     checkpoint_every=3, prune_min_class_share=0.0)
+    config = _config(micro_prepared, base, pruning={"policy": "class", "min_class_share": 0.0},
+                     engine={"batch_size": 4, "steps": 32, "eval_every": 100, "checkpoint_every": 3})
     straight, resumed = _straight_and_resumed(tmp_path, config, kill_at=13)
     report = json.loads((tmp_path / "straight" / "pruning.json").read_text())
     assert report["iterations"] == straight.steps < report["iterations_full_data"] == 32

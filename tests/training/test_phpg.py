@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from samadapt.cli import app
-from samadapt.config import FinetuneConfig
+from samadapt.config import FinetuneConfig, make_config, merge_settings
 from samadapt.models.decoder import SamDecoder
 from samadapt.models.error_head import load_error_head
 from samadapt.models.sam import load_sam, read_state_dict
@@ -20,7 +20,7 @@ from samadapt.prompts.behaviour_mixture import first_mixture
 from samadapt.prompts.click_behaviours import CentreClick
 from samadapt.training.finetune import finetune, prepare_run_folder
 from samadapt.training.losses import bce_loss, dice_loss, iou_head_loss
-from samadapt.training.phpg import PHPGObjective, phpg_objective_from_config
+from samadapt.training.phpg import PHPGObjective, PHPGSettings, phpg_objective_from_config
 from samadapt.training.slice_data import SliceSample
 
 
@@ -38,10 +38,17 @@ def _sample(n: int = 5) -> SliceSample:
     return SliceSample(embedding, masks, [f"c{i}" for i in range(n)], torch.zeros(n, dtype=torch.bool))
 
 
-def _objective(**kw) -> PHPGObjective:
-    config = FinetuneConfig(objective="phpg", **{k: v for k, v in kw.items() if k.startswith("phpg_")})
+def _objective(phpg: dict | None = None, **kw) -> PHPGObjective:
+    """The objective of a run with the ``phpg`` group ``phpg`` (as in a config file); ``kw`` replace its fields."""
+    config = FinetuneConfig(objective="phpg", phpg=PHPGSettings(**(phpg or {})))
     objective = phpg_objective_from_config(config, embed_dim=32)
-    return replace(objective, **{k: v for k, v in kw.items() if not k.startswith("phpg_")})
+    return replace(objective, **kw)
+
+
+def test_the_error_head_is_off_by_default_and_built_when_asked():
+    assert FinetuneConfig().phpg.error_head is False
+    assert _objective().error_head is None
+    assert _objective({"error_head": True}).error_head.embed_dim == 32
 
 
 def _count_passes(sam, monkeypatch) -> list[int]:
@@ -59,7 +66,7 @@ def _count_passes(sam, monkeypatch) -> list[int]:
 
 def test_all_regions_share_one_pass_per_round_and_both_learners_get_gradients(sam, monkeypatch):
     calls = _count_passes(sam, monkeypatch)
-    objective = _objective(phpg_correction_rounds=3, phpg_mask_only_rounds=2)
+    objective = _objective({"correction_rounds": 3, "mask_only_rounds": 2, "error_head": True})
     losses, chosen, stats = objective.slice_losses(sam, _sample(5), torch.Generator().manual_seed(0))
     assert calls == [5] * 6  # first round + 3 corrections + 2 mask-only rounds, all five regions each time
     assert losses.shape == (5,) and chosen.tolist() == [0, 1, 2, 3, 4]
@@ -72,13 +79,13 @@ def test_all_regions_share_one_pass_per_round_and_both_learners_get_gradients(sa
 
 def test_one_region_per_pass_is_the_same_work_split_into_passes(sam, monkeypatch):
     calls = _count_passes(sam, monkeypatch)
-    objective = _objective(phpg_correction_rounds=1, phpg_mask_only_rounds=1, regions_per_pass=1)
+    objective = _objective({"correction_rounds": 1, "mask_only_rounds": 1, "error_head": True}, regions_per_pass=1)
     losses, _, stats = objective.slice_losses(sam, _sample(4), torch.Generator().manual_seed(0))
     assert calls == [1] * 12 and losses.shape == (4,) and stats["prompts"] == 4
 
 
 def test_the_generator_decides_every_prompt(sam):
-    objective = _objective(phpg_error_head=False)
+    objective = _objective({"error_head": False})
     a = objective.slice_losses(sam, _sample(), torch.Generator().manual_seed(3))[0]
     torch.manual_seed(123)
     b = objective.slice_losses(sam, _sample(), torch.Generator().manual_seed(3))[0]
@@ -119,7 +126,8 @@ def test_recomputing_the_passes_gives_the_same_losses_and_gradients(sam):
     """Activation checkpointing trades memory for one more forward; the training signal is unchanged."""
     results = []
     for recompute in (False, True):
-        objective = replace(_objective(phpg_correction_rounds=2, phpg_mask_only_rounds=1), recompute_passes=recompute)
+        phpg = {"correction_rounds": 2, "mask_only_rounds": 1, "error_head": True}
+        objective = _objective(phpg, recompute_passes=recompute)
         sam.zero_grad()
         losses, _, _ = objective.slice_losses(sam, _sample(4), torch.Generator().manual_seed(5))
         objective.reduce(losses).backward()
@@ -133,9 +141,10 @@ def test_recomputing_the_passes_gives_the_same_losses_and_gradients(sam):
         torch.testing.assert_close(x, y)
 
 def _config(prepared, base, **kw) -> FinetuneConfig:
-    values = dict(data=str(prepared.root), model=str(base), objective="phpg", steps=6, batch_size=2,
-                  checkpoint_every=2, eval_every=3, warmup_steps=2, lr=1e-3, phpg_correction_rounds=1)
-    return FinetuneConfig(**{**values, **kw})
+    """A short PHPG run's settings; ``kw`` as in a config file (groups as dicts)."""
+    values = dict(data=str(prepared.root), model=str(base), objective="phpg", phpg=dict(correction_rounds=1),
+                  engine=dict(steps=6, batch_size=2, checkpoint_every=2, eval_every=3, warmup_steps=2, lr=1e-3))
+    return make_config(FinetuneConfig, merge_settings(values, kw, FinetuneConfig))
 
 
 def _run(run_dir: Path, config: FinetuneConfig, **kw):
@@ -145,7 +154,8 @@ def _run(run_dir: Path, config: FinetuneConfig, **kw):
 
 def test_phpg_training_learns_and_saves_a_plain_sam_with_its_error_head(micro_prepared, base, run_dir):
     records = []
-    result = _run(run_dir, _config(micro_prepared, base, steps=30, lr=3e-3, eval_every=30), on_step=records.append)
+    result = _run(run_dir, _config(micro_prepared, base, engine={"steps": 30, "lr": 3e-3, "eval_every": 30},
+                                   phpg={"error_head": True}), on_step=records.append)
     first = sum(r["loss"] for r in records[:5]) / 5
     last = sum(r["loss"] for r in records[-5:]) / 5
     assert last < 0.85 * first
@@ -161,8 +171,9 @@ def test_phpg_training_learns_and_saves_a_plain_sam_with_its_error_head(micro_pr
 
 
 def test_phpg_with_class_pruning_runs_fewer_steps_and_resumes_exactly(micro_prepared, base, tmp_path):
-    config = _config(micro_prepared, base, pruning="class", steps=24, batch_size=4, eval_every=50,
-                     checkpoint_every=3, phpg_correction_rounds=1, phpg_mask_only_rounds=0, prune_min_class_share=0.0)
+    config = _config(micro_prepared, base, pruning={"policy": "class", "min_class_share": 0.0},
+                     engine={"steps": 24, "batch_size": 4, "eval_every": 50, "checkpoint_every": 3},
+                     phpg={"correction_rounds": 1, "mask_only_rounds": 0, "error_head": True})
     straight = _run(tmp_path / "straight", config)
     log = json.loads((tmp_path / "straight" / "pruning.json").read_text())
     assert log["finished"] and log["iterations"] == straight.steps < log["iterations_full_data"]
@@ -186,9 +197,10 @@ def test_phpg_with_class_pruning_runs_fewer_steps_and_resumes_exactly(micro_prep
 
 @pytest.mark.parametrize("setting, expected", [
     ("objective=phgp", "objective"),
-    ("phpg_first_weights={box_tigth: 1}", "known: box_tight"),
-    ("phpg_guidance_mix=2", "phpg_guidance_mix"),
-    ("phpg_recompute_passes=sometimes", "phpg_recompute_passes"),
+    ("phpg.first_weights={box_tigth: 1}", "known: box_tight"),
+    ("phpg.guidance_mix=2", "phpg setting guidance_mix=2"),
+    ("phpg.recompute_passes=sometimes", "phpg setting recompute_passes='sometimes'"),
+    ("phpg_correction_rounds=8", "phpg_correction_rounds is now phpg.correction_rounds"),
 ])
 def test_cli_bad_phpg_settings_exit_2_with_one_line(micro_prepared, tmp_path, setting, expected):
     result = CliRunner().invoke(app, ["train", str(micro_prepared.root), "--out", str(tmp_path / "r"),

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from samadapt.data.prepared import SliceObject
+from samadapt.errors import ConfigError
 from samadapt.training.pruning import EpochPlanner, PruningSettings
 from samadapt.training.slice_data import TrainingSlice
 
@@ -99,8 +100,11 @@ def test_state_round_trip_mid_epoch_continues_identically():
 
 
 def test_unknown_policy_is_refused():
-    with pytest.raises(ValueError, match="class"):
+    with pytest.raises(ConfigError, match="pruning setting policy='smart': use one of none, class"):
         PruningSettings("smart")
+    with pytest.raises(ConfigError, match="pruning setting ratio=1.5"):
+        PruningSettings("class", ratio=1.5)
+    assert PruningSettings("class", protected_classes=["lesion"]).protected_classes == ("lesion",)
 
 
 def test_rare_classes_are_never_pruned_by_cbdp_but_are_by_random():

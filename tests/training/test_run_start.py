@@ -18,7 +18,8 @@ from samadapt.errors import CheckpointError
 from samadapt.io.folder_lock import LOCK_FILE, folder_lock
 from samadapt.training.engine import STATE_FILE, load_state
 
-FAST = ["--set", "steps=2", "--set", "batch_size=2", "--set", "eval_every=2", "--set", "checkpoint_every=1"]
+FAST = ["--set", "engine.steps=2", "--set", "engine.batch_size=2", "--set", "engine.eval_every=2",
+        "--set", "engine.checkpoint_every=1"]
 
 
 def _invoke(command: str, prepared: Path, out: Path, *args: str):

@@ -19,11 +19,11 @@ from support import one_line_error
 @pytest.mark.parametrize("command", ["train", "adapt"])
 def test_a_bad_setting_of_a_config_file_names_the_file(micro_prepared, tmp_path, command):
     config = tmp_path / "settings.yaml"
-    config.write_text("steps: 0\nlr: 1e-4\n")
+    config.write_text("engine:\n  steps: 0\n  lr: 1e-4\n")
     out = tmp_path / "run"
     line = one_line_error(CliRunner().invoke(app, [command, str(micro_prepared.root), "--out", str(out),
                                           "--config", str(config)]))
-    assert line.startswith(f"samadapt: error: {config}: {command} setting steps=0: use an integer >= 1"), line
+    assert line.startswith(f"samadapt: error: {config}: engine setting steps=0: use an integer >= 1"), line
     assert not out.exists()
 
 
@@ -41,10 +41,10 @@ def test_prepare_and_pretrain_name_their_config_file_too(tmp_path):
 
 def test_a_bad_set_over_a_good_config_file_does_not_blame_the_file(micro_prepared, tmp_path):
     config = tmp_path / "settings.yaml"
-    config.write_text("steps: 3\n")
+    config.write_text("engine:\n  steps: 3\n")
     line = one_line_error(CliRunner().invoke(app, ["train", str(micro_prepared.root), "--out", str(tmp_path / "run"),
-                                          "--config", str(config), "--set", "steps=0"]))
-    assert line == "samadapt: error: train setting steps=0: use an integer >= 1"
+                                          "--config", str(config), "--set", "engine.steps=0"]))
+    assert line == "samadapt: error: engine setting steps=0: use an integer >= 1"
 
 
 @pytest.mark.parametrize("key, value", [("propagation.min_area", "abc"), ("propagation.max_slices", "many"),

@@ -33,9 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from samadapt.config import PrepareConfig, config_to_dict, save_config
 from samadapt.data.frame import frame_shape, model_frame_spacing, to_model_frame_image, to_model_frame_labels
 from samadapt.data.orientation import AXES, MAX_SIDE, MAX_SLICES, slice_flips, slice_spacings, take_slice
+from samadapt.data.prepare_config import PrepareConfig
 from samadapt.data.prepared import (
     FORMAT_VERSION,
     PREPARE_MARKER,
@@ -55,6 +55,7 @@ from samadapt.errors import ConfigError, DatasetError, GeometryMismatchError, In
 from samadapt.io.atomic import write_json_atomic
 from samadapt.io.volume import Geometry, check_path_encodable, check_same_grid, read_header_geometry, read_volume
 from samadapt.progress import Progress
+from samadapt.settings import config_to_dict, save_config
 
 # ----------------------------------------------------------------------------- plans
 

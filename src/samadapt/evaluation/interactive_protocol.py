@@ -40,22 +40,29 @@ from samadapt.overlap import dice_iou
 from samadapt.progress import Progress
 from samadapt.prompts.corrections import LargestErrorClick
 from samadapt.prompts.region_prompts import RegionPrompts
+from samadapt.settings import check_integers, setting_error
 
 
 @dataclass(frozen=True)
 class InteractiveSettings:
-    """``dice_clicks``: Dice reported after 1..this many clicks; ``max_clicks``: the NoC cap;
-    ``thresholds``: IoU levels of the NoC columns."""
+    """The ``interactive`` settings group of ``samadapt eval`` (``--set interactive.max_clicks=10``):
+    ``dice_clicks``: Dice reported after 1..this many clicks; ``max_clicks``: the NoC cap; ``thresholds``:
+    IoU levels of the NoC columns."""
 
     dice_clicks: int = 10
     max_clicks: int = 20
     thresholds: tuple[float, ...] = (0.85, 0.90)
 
     def __post_init__(self) -> None:
-        if not 1 <= self.dice_clicks <= self.max_clicks:
-            raise ValueError(f"dice_clicks={self.dice_clicks}, max_clicks={self.max_clicks}: use 1 <= dice <= max")
-        if not self.thresholds or not all(0 < t <= 1 for t in self.thresholds):
-            raise ValueError(f"thresholds={self.thresholds}: give IoU levels in (0, 1]")
+        bad = setting_error("interactive")
+        check_integers(self, ("dice_clicks", "max_clicks"), 1, bad)
+        if self.dice_clicks > self.max_clicks:
+            raise bad(f"dice_clicks={self.dice_clicks}, max_clicks={self.max_clicks}: use dice_clicks <= max_clicks")
+        thresholds = tuple(self.thresholds) if isinstance(self.thresholds, (list, tuple)) else ()
+        if not thresholds or not all(
+                not isinstance(t, bool) and isinstance(t, (int, float)) and 0 < t <= 1 for t in thresholds):
+            raise bad(f"thresholds={self.thresholds!r}: give IoU levels in (0, 1], e.g. [0.85, 0.9]")
+        object.__setattr__(self, "thresholds", tuple(float(t) for t in thresholds))
 
 
 def overlap_scores(prediction: torch.Tensor, truth: torch.Tensor) -> dict[str, np.ndarray]:

@@ -33,7 +33,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from samadapt.data.prepared import source_signature
@@ -60,6 +60,7 @@ from samadapt.io.volume import (
     write_volume,
 )
 from samadapt.progress import BarFactory, no_bars
+from samadapt.settings import check_groups, expand_dotted, load_config, merge_settings, setting_error
 
 OUTPUT_SUFFIX = ".nii.gz"
 SIDECAR_FORMAT = 1
@@ -118,33 +119,33 @@ def _source_files(path: Path) -> list[Path]:
 
 @dataclass
 class SegmentSettings:
-    """What besides prompts decides the result: windowing, propagation and automatic-mode thresholds."""
+    """What besides prompts decides the result (the settings of ``samadapt segment``): windowing (``window``,
+    ``modality``: CT or MR, None to guess), and the groups ``propagation`` (:class:`PropagationSettings`)
+    and ``auto`` (:class:`AutoSettings`). ``axis`` comes from the prompt file, not from the settings."""
 
     window: str = "auto"
     modality: str | None = None
-    axis: str = "axial"
+    axis: str = field(default="axial", metadata={"setting": False})
     propagation: PropagationSettings = field(default_factory=PropagationSettings)
     auto: AutoSettings = field(default_factory=AutoSettings)
 
+    def __post_init__(self) -> None:
+        check_groups(self, setting_error("segment"))
+        self.window = str(self.window)
+        if self.modality is not None and str(self.modality).upper() not in ("CT", "MR"):
+            raise ConfigError(f"modality '{self.modality}': use CT or MR (anything without Hounsfield units is MR "
+                              "here)")
+        self.modality = str(self.modality).upper() if self.modality is not None else None
 
-def segment_settings(window: str = "auto", modality: str | None = None,
-                     overrides: dict | None = None) -> SegmentSettings:
-    """Settings from ``--set`` overrides: ``propagation.KEY`` (:class:`PropagationSettings`) and ``auto.KEY``
-    (:class:`AutoSettings`); e.g. ``{"propagation.margin_px": 2, "auto.min_score": 0.5}``."""
-    from samadapt.config import make_config
 
-    groups: dict[str, dict] = {"propagation": {}, "auto": {}}
-    for key, value in (overrides or {}).items():
-        group, _, name = key.partition(".")
-        if group not in groups or not name:
-            raise ConfigError(f"setting '{key}': segment settings are propagation.KEY or auto.KEY "
-                              "(see docs/inference.md)")
-        groups[group][name] = value
-    if modality is not None and modality.upper() not in ("CT", "MR"):
-        raise ConfigError(f"modality '{modality}': use CT or MR (anything without Hounsfield units is MR here)")
-    return SegmentSettings(window, modality.upper() if modality else None,
-                           propagation=make_config(PropagationSettings, groups["propagation"], "--set propagation"),
-                           auto=make_config(AutoSettings, groups["auto"], "--set auto"))
+def segment_settings(window: str | None = None, modality: str | None = None, overrides: dict | None = None,
+                     config: str | os.PathLike[str] | None = None) -> SegmentSettings:
+    """The settings of ``samadapt segment``: defaults < the YAML file ``config`` < ``window`` / ``modality``
+    (when not None) < ``overrides`` (``--set``: ``propagation.KEY`` and ``auto.KEY``, nested or dotted; e.g.
+    ``{"propagation.margin_px": 2, "auto.min_score": 0.5}``)."""
+    given = {key: value for key, value in (("window", window), ("modality", modality)) if value is not None}
+    return load_config(SegmentSettings, config,
+                       merge_settings(given, expand_dotted(overrides or {}), SegmentSettings))
 
 
 @dataclass
@@ -244,8 +245,7 @@ def segment_cases(
     source, out = Path(source), Path(out)
     settings = settings or SegmentSettings()
     if prompts is not None:
-        settings = SegmentSettings(settings.window, settings.modality, prompts.axis, settings.propagation,
-                                   settings.auto)
+        settings = replace(settings, axis=prompts.axis)
     elif not segmenter.has_auto:
         raise ConfigError("automatic segmentation needs a ProMISe adapter with an APM (--auto --adapter RUN); "
                           "or give --boxes")

@@ -34,13 +34,12 @@ from samadapt.config import PretrainConfig, config_to_dict, load_config
 from samadapt.data.shapes import generate_corpus
 from samadapt.errors import CheckpointError, ConfigError
 from samadapt.io.atomic import atomic_path
-from samadapt.models.embedding_cache import resolve_device
 from samadapt.models.preprocess import to_model_input
 from samadapt.models.registry import REGISTRY, ModelSpec
 from samadapt.models.sam import build_sam, load_sam, save_sam
 from samadapt.pretraining.evaluate import evaluate_on_shapes
 from samadapt.pretraining.interactive import InteractiveRecipe, interactive_loss
-from samadapt.runtime import Ranks, setup
+from samadapt.runtime import Ranks, resolve_device, setup
 from samadapt.training.engine import METRICS_FILE, STATE_FILE, EngineSettings, load_state, lr_factor, run_training
 from samadapt.training.finetune import CONFIG_FILE, prepare_run_folder
 

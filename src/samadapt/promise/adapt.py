@@ -23,11 +23,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from samadapt.config import PromiseConfig, config_to_dict
 from samadapt.data.prepared import PreparedDataset
 from samadapt.errors import ConfigError
 from samadapt.models.embedding_cache import EmbeddingCache, ensure_cache
@@ -39,8 +39,12 @@ from samadapt.promise.objective import AdaptedSlice, PromiseObjective, ground_tr
 from samadapt.promise.predict import automatic_masks, prompted_masks
 from samadapt.promise.samples import class_boxes, load_promise_slice, promise_slices
 from samadapt.runtime import resolve_device, setup
-from samadapt.training.engine import EngineSettings, run_training
+from samadapt.settings import config_to_dict
+from samadapt.training.engine import run_training
 from samadapt.training.slice_data import SliceOrder, TrainingSlice
+
+if TYPE_CHECKING:
+    from samadapt.config import PromiseConfig
 
 VALIDATION_SEED = 12345
 
@@ -65,7 +69,7 @@ def build_adapter(
     loaded: LoadedModel, config: PromiseConfig, classes: list[str], train: list[TrainingSlice],
     base_digest: str,
 ) -> PromiseAdapter:
-    """A fresh adapter for ``loaded`` (initialised from ``config.seed``, never from the global RNG); with
+    """A fresh adapter for ``loaded`` (initialised from ``config.engine.seed``, never from the global RNG); with
     ``apm_init=prior`` each class's points start around its mean box on the ``train`` slices."""
     spec = loaded.spec
     decoder = loaded.sam.mask_decoder
@@ -78,7 +82,7 @@ def build_adapter(
         num_positive=config.num_positive, presence_head=config.presence_head, ips_hidden=config.ips_hidden,
         multimask=config.multimask_output)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
+        torch.manual_seed(config.engine.seed)
         adapter = PromiseAdapter(adapter_spec, config.model, base_digest)
     if adapter.apm is not None and config.apm_init == "prior":
         priors = class_priors(class_boxes(train, classes), spec.image_size)
@@ -159,7 +163,8 @@ def adapt(
     named = dict(adapter.named_parameters())
     objective = PromiseObjective(config.presence_weight, config.ips_prompts, config.num_positive,
                                  config.num_points, config.negative_margin, config.multimask_output)
-    order = SliceOrder(len(train), config.batch_size, config.grad_accum, config.seed)
+    engine = config.engine
+    order = SliceOrder(len(train), engine.batch_size, engine.grad_accum, engine.seed)
     n_params = adapter.trainable_parameter_count()
     averaged = ["mask_loss", "train_iou"]  # per-slice statistics, averaged over the step's slices
     if config.has_apm and config.presence_head:
@@ -181,7 +186,7 @@ def adapt(
         if config.has_apm:
             points, presence = adapter.predict_points(torch.cat([s.features for s in samples]).to(device))
         losses = []
-        per_slice = config.batch_size * config.grad_accum
+        per_slice = engine.slices_per_step
         for b, sample in enumerate(samples):
             shift = None if shifts is None else shifts[b : b + 1]
             adapted = AdaptedSlice(sample, shift)
@@ -197,10 +202,10 @@ def adapt(
             totals["prompts"] += stats["prompts"]
             for key in averaged:
                 totals[key] += stats[key] / per_slice
-        return torch.stack(losses).sum() / config.batch_size, totals
+        return torch.stack(losses).sum() / engine.batch_size, totals
 
     def info(step: int, val_score: float | None, wall_s: float | None = None) -> dict:
-        steps_per_epoch = len(train) / (config.batch_size * config.grad_accum)
+        steps_per_epoch = len(train) / engine.slices_per_step
         training = {"steps": step, "epochs": round(step / steps_per_epoch, 3), "val_score": val_score,
                     "trainable_parameters": n_params, "training_slices": len(train)}
         if wall_s is not None:
@@ -215,7 +220,7 @@ def adapt(
         save_adapter(adapter, run_dir / BEST_ADAPTER_FILE, info(step, score))
 
     result = run_training(
-        run_dir, named, EngineSettings.from_config(config), compute_loss, device,
+        run_dir, named, engine, compute_loss, device,
         validate=(lambda: validation_score(adapter, loaded, prepared, cache, val, objective)) if val else None,
         save_best=save_best, on_step=on_step,
     )
@@ -223,7 +228,7 @@ def adapt(
         raise RuntimeError("SAM's weights changed during adaptation")
     final_val = result.curve[-1][1] if result.curve else None
     path = run_dir / ADAPTER_FILE
-    steps_per_epoch = len(train) / (config.batch_size * config.grad_accum)
+    steps_per_epoch = len(train) / engine.slices_per_step
     if ranks.is_main and (result.steps_run or not path.is_file()):  # a finished run's adapter stays
         save_adapter(adapter, path, info(result.steps, final_val, result.wall_s))
     best = run_dir / BEST_ADAPTER_FILE

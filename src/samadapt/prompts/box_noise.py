@@ -15,20 +15,23 @@ from dataclasses import dataclass
 import torch
 
 from samadapt.prompts.boxes import grow_boxes, jitter_boxes_sam, keep_in_frame
+from samadapt.settings import check_choices, check_numbers, setting_error
 
 BOX_NOISE_STYLES = ("mixed", "medsam", "sam", "none")
 
 
 @dataclass(frozen=True)
 class BoxNoise:
-    """A box perturbation (see ``FinetuneConfig`` for the meaning of each field).
+    """A box perturbation: the ``box_noise`` settings group of ``samadapt train`` (``--set box_noise.style=sam``).
 
     ``medsam``: each side moves *outward* by U(0, shift) pixels (MedSAM's 0-20 px at 1024). ``sam``: each
     coordinate gets N(0, ``sam_std`` x side) noise, capped at the shift (SAM's 10% std, 20 px at 1024), so
     boxes also shrink and cut the object. ``mixed`` (the default): each box draws one of the two with
     probability 1/2, so training sees loose boxes and boxes that cut the object, as users draw them (issue
     21: models trained on outward shifts alone lost more Dice to two-way box jitter than the zero-shot model).
-    The shift is ``organ_shift_px`` or ``lesion_shift_px``, capped at ``max_fraction`` x the box side.
+    The shift is ``organ_shift_px`` or ``lesion_shift_px`` (model-frame pixels; lesions are the run's
+    ``lesion_classes``), capped at ``max_fraction`` x the box side. PHPG draws its boxes from its behaviours
+    instead.
     """
 
     style: str = "mixed"
@@ -38,8 +41,9 @@ class BoxNoise:
     sam_std: float = 0.1
 
     def __post_init__(self) -> None:
-        if self.style not in BOX_NOISE_STYLES:
-            raise ValueError(f"box noise style {self.style!r}: use one of {', '.join(BOX_NOISE_STYLES)}")
+        bad = setting_error("box_noise")
+        check_choices(self, {"style": BOX_NOISE_STYLES}, bad)
+        check_numbers(self, ("organ_shift_px", "lesion_shift_px", "max_fraction", "sam_std"), bad)
 
     def shift_limits(self, boxes: torch.Tensor, is_lesion: torch.Tensor) -> torch.Tensor:
         """Per-box shift limit ``Nx1`` in pixels: the type's range, capped by ``max_fraction`` of the side."""

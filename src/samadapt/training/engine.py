@@ -45,6 +45,7 @@ import torch
 from samadapt.errors import CheckpointError, ConfigError
 from samadapt.io.atomic import atomic_path, remove_stale_temporaries
 from samadapt.runtime import current
+from samadapt.settings import check_flags, check_integers, check_numbers, setting_error
 
 STATE_FILE = "state.pt"
 METRICS_FILE = "metrics.jsonl"
@@ -52,14 +53,27 @@ METRICS_FILE = "metrics.jsonl"
 
 @dataclass(frozen=True)
 class EngineSettings:
-    """Optimisation and bookkeeping settings (a method's config supplies them by name)."""
+    """The ``engine`` settings group of every training command (``--set engine.lr=1e-4``): the step, the
+    optimiser and the bookkeeping. Defaults are ``samadapt train``'s; a command may declare its own
+    (``PromiseConfig``).
 
-    steps: int
-    lr: float
-    weight_decay: float = 0.01
-    warmup_steps: int = 0
-    min_lr_fraction: float = 0.05
+    - ``steps``: optimiser steps (a pruned run: its length in full-data epochs, see ``pruning``);
+      ``batch_size`` slices per micro-batch (the method's), ``grad_accum`` micro-batches per step.
+    - AdamW at ``lr`` with ``weight_decay``; linear warm-up over ``warmup_steps``, then cosine to
+      ``min_lr_fraction`` x ``lr``; gradients clipped at ``grad_clip`` (0: off); bf16/fp16 autocast on CUDA
+      when ``amp`` (never on CPU). ``seed`` drives the data order, the prompt draws and new weights.
+    - Checkpoints every ``checkpoint_every`` steps and once ``checkpoint_seconds`` have passed since the last
+      (0: by steps only); validation every ``eval_every`` steps; with ``patience`` > 0 the run stops once
+      that many validations in a row after the warm-up gained no more than ``min_delta`` (0: never).
+    """
+
+    steps: int = 300
+    batch_size: int = 4
     grad_accum: int = 1
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 20
+    min_lr_fraction: float = 0.05
     grad_clip: float = 1.0
     amp: bool = True
     seed: int = 0
@@ -69,11 +83,20 @@ class EngineSettings:
     patience: int = 0  # stop after this many validations in a row without a better score (0: never)
     min_delta: float = 0.0  # what "better" means for patience: above the last gain by more than this
 
-    @classmethod
-    def from_config(cls, config: object) -> EngineSettings:
-        """Pick the fields of this class out of any config dataclass that has them."""
-        names = cls.__dataclass_fields__
-        return cls(**{name: getattr(config, name) for name in names if hasattr(config, name)})
+    def __post_init__(self) -> None:
+        bad = setting_error("engine")
+        check_integers(self, ("steps", "batch_size", "grad_accum", "checkpoint_every", "eval_every"), 1, bad)
+        check_integers(self, ("warmup_steps", "seed", "patience"), 0, bad)
+        check_numbers(self, ("weight_decay", "grad_clip", "checkpoint_seconds", "min_delta"), bad)
+        check_numbers(self, ("min_lr_fraction",), bad, fraction=True)
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
+            raise bad(f"lr={self.lr!r}: use a positive number, e.g. 1e-4")
+        check_flags(self, ("amp",), bad)
+
+    @property
+    def slices_per_step(self) -> int:
+        """``batch_size x grad_accum``."""
+        return self.batch_size * self.grad_accum
 
 
 @dataclass

@@ -21,12 +21,11 @@ from collections.abc import Callable
 from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
-from samadapt.config import FinetuneConfig, config_to_dict, load_config, save_config
 from samadapt.data.prepared import PreparedDataset
 from samadapt.errors import ConfigError, SamadaptError
 from samadapt.evaluation.box_protocol import predict_with_boxes
@@ -38,14 +37,17 @@ from samadapt.models.lora import LoRALinear, add_lora, merge_lora
 from samadapt.models.preprocess import to_model_input
 from samadapt.models.sam import LoadedModel, load_sam, save_sam
 from samadapt.overlap import dice
-from samadapt.prompts.box_noise import BoxNoise
 from samadapt.runtime import resolve_device, setup
-from samadapt.training.engine import METRICS_FILE, STATE_FILE, EngineSettings, run_training
+from samadapt.settings import config_to_dict, load_config, save_config
+from samadapt.training.engine import METRICS_FILE, STATE_FILE, run_training
 from samadapt.training.multi_prompt import MultiPromptObjective
 from samadapt.training.objective import RegionObjective
 from samadapt.training.phpg import phpg_objective_from_config
-from samadapt.training.pruning import EpochPlanner, PruningSettings
+from samadapt.training.pruning import EpochPlanner
 from samadapt.training.slice_data import SliceOrder, load_slice, training_slices
+
+# a samadapt.config.FinetuneConfig; not imported: config sits above training (its groups are training's settings)
+FinetuneConfig = Any
 
 CONFIG_FILE = "config.yaml"
 RunConfig = TypeVar("RunConfig")
@@ -70,23 +72,20 @@ def objective_from_config(config: FinetuneConfig, embed_dim: int = 256) -> Regio
     built for embeddings of ``embed_dim`` channels)."""
     if config.objective == "phpg":
         return phpg_objective_from_config(config, embed_dim)
-    noise = BoxNoise(config.box_noise, config.organ_box_shift_px, config.lesion_box_shift_px,
-                     config.box_shift_max_fraction, config.sam_noise_std)
-    return MultiPromptObjective(config.prompting, config.max_prompts_per_slice, noise, config.loss,
-                                config.iou_weight, config.prompt_reduction, config.loss_size)
+    return MultiPromptObjective(prompting=config.prompting, max_prompts_per_slice=config.max_prompts_per_slice,
+                                noise=config.box_noise, loss=config.loss, iou_weight=config.iou_weight,
+                                prompt_reduction=config.prompt_reduction, loss_size=config.loss_size)
 
 
 def planner_from_config(config: FinetuneConfig, train: list) -> EpochPlanner | None:
-    """The epoch planner of a pruned run (None without pruning). A pruned step takes
-    ``batch_size x grad_accum`` slices of the epoch's plan; ``steps`` fixes the number of epochs."""
-    if config.pruning == "none":
+    """The epoch planner of a pruned run (None without pruning): the run's ``pruning`` group as it is. A
+    pruned step takes ``engine.batch_size x engine.grad_accum`` slices of the epoch's plan; ``engine.steps``
+    fixes the number of epochs."""
+    if config.pruning.policy == "none":
         return None
-    per_step = config.batch_size * config.grad_accum
-    epochs = max(1, round(config.steps * per_step / len(train)))
-    settings = PruningSettings(config.pruning, config.prune_ratio, config.prune_anneal_fraction,
-                               config.prune_min_class_share, tuple(config.prune_protected_classes or ()),
-                               config.prune_rare_class_share)
-    return EpochPlanner(train, settings, epochs, per_step, config.seed)
+    engine = config.engine
+    epochs = max(1, round(engine.steps * engine.slices_per_step / len(train)))
+    return EpochPlanner(train, config.pruning, epochs, engine.slices_per_step, engine.seed)
 
 
 def write_pruning_log(run_dir: Path, policy: str, planner: EpochPlanner, step: int, finished: bool) -> None:
@@ -246,7 +245,8 @@ def finetune(
         raise ConfigError(f"{prepared.root}: prepared at {prepared.image_size} px but model '{config.model}' takes "
                           f"{loaded.spec.image_size} px; prepare with --image-size {loaded.spec.image_size}")
     lora = config.lora_rank > 0
-    named = trainable_parameters(loaded, config.train_prompt_encoder, config.lora_rank, config.lora_alpha, config.seed)
+    engine = config.engine
+    named = trainable_parameters(loaded, config.train_prompt_encoder, config.lora_rank, config.lora_alpha, engine.seed)
     if lora:  # the encoder changes every step: encode on the fly instead of reading a cache
         cache = LiveEmbeddings(prepared, loaded, device=device)
     else:
@@ -255,7 +255,7 @@ def finetune(
         cache = ensure_cache(prepared, loaded, device=device, ranks=ranks, progress=embed_progress)
     train = training_slices(prepared, "train")
     has_val = bool(prepared.case_ids(config.val_split))
-    order = SliceOrder(len(train), config.batch_size, config.grad_accum, config.seed)
+    order = SliceOrder(len(train), engine.batch_size, engine.grad_accum, engine.seed)
     planner = planner_from_config(config, train)
     objective = objective_from_config(config, loaded.spec.prompt_embed_dim)
     error_head = getattr(objective, "error_head", None)  # PHPG's: trains with the decoder, saved beside it
@@ -267,7 +267,7 @@ def finetune(
             indices = order.indices(step, micro)
             return indices, [1.0] * len(indices)
         indices, weights = planner.batch(step)  # one micro-batch per step: accumulation is folded in
-        rows = slice(micro * config.batch_size, (micro + 1) * config.batch_size)
+        rows = slice(micro * engine.batch_size, (micro + 1) * engine.batch_size)
         return indices[rows], weights[rows]
 
     def compute_loss(step: int, micro: int, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
@@ -293,10 +293,10 @@ def finetune(
             losses.append(objective.reduce(per_prompt) * weight)
             for key in ("prompts", "prompt_s"):
                 totals[key] += stats[key]
-            totals["train_iou"] += stats["train_iou"] / (config.batch_size * config.grad_accum)
+            totals["train_iou"] += stats["train_iou"] / engine.slices_per_step
         if planner is not None:
             record_scores(scores)
-        return torch.stack(losses).sum() / config.batch_size, totals
+        return torch.stack(losses).sum() / engine.batch_size, totals
 
     def record_scores(scores: list) -> None:
         """Give the planner every rank's latest object losses, so all ranks plan alike."""
@@ -321,19 +321,19 @@ def finetune(
             record["epoch"] = planner.plan.epoch
             if len(planner.history) != logged_epochs[0]:
                 logged_epochs[0] = len(planner.history)
-                write_pruning_log(run_dir, config.pruning, planner, record["step"], finished=False)
+                write_pruning_log(run_dir, config.pruning.policy, planner, record["step"], finished=False)
         on_step(record)
 
     def save_best(step: int, score: float) -> None:
         save_sam(plain_copy(loaded), loaded.spec, best_path, info(step, score))
 
     result = run_training(
-        run_dir, named, EngineSettings.from_config(config), compute_loss, device,
+        run_dir, named, engine, compute_loss, device,
         validate=(lambda: validation_dice(loaded, prepared, cache, config.val_split)) if has_val else None,
         save_best=save_best, on_step=log_pruning, schedule=planner,
     )
     if planner is not None and ranks.is_main:
-        write_pruning_log(run_dir, config.pruning, planner, result.steps, finished=True)
+        write_pruning_log(run_dir, config.pruning.policy, planner, result.steps, finished=True)
     final_val = result.curve[-1][1] if result.curve else None
     model_path, last_path = run_dir / "model.pth", run_dir / "last.pth"
     use_best = config.select_model == "best" and has_val and best_path.is_file()

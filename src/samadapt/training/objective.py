@@ -5,7 +5,7 @@ the model, the data and the optimiser. Three implement it:
 
 - :class:`~samadapt.training.multi_prompt.MultiPromptObjective` (``samadapt train``): every object of a slice
   boxed at once, one decoder pass: the zero-round case of
-  :func:`~samadapt.inference.prompting_rounds.prompting_rounds`;
+  :func:`~samadapt.models.prompting_rounds.prompting_rounds`;
 - :class:`~samadapt.training.phpg.PHPGObjective` (``samadapt train --set objective=phpg``): simulated users
   over correction rounds of the same loop;
 - :class:`~samadapt.promise.objective.PromiseObjective` (``samadapt adapt``): its sample is the slice with the

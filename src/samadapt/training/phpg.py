@@ -56,7 +56,15 @@ from torch.utils.checkpoint import checkpoint
 
 from samadapt.models.error_head import ErrorHead, error_head_loss, true_error
 from samadapt.models.prompting_rounds import PromptRound, decode_all_outputs, prompting_rounds, round_schedule
-from samadapt.prompts.behaviour_mixture import BehaviourMixture, correction_mixture, first_mixture
+from samadapt.prompts.behaviour_mixture import (
+    CORRECTION_BEHAVIOURS,
+    FIRST_BEHAVIOURS,
+    BehaviourMixture,
+    check_weights,
+    correction_mixture,
+    first_mixture,
+)
+from samadapt.settings import check_flags, check_integers, check_numbers, setting_error
 from samadapt.training.losses import mask_iou
 from samadapt.training.multi_prompt import RegionLosses
 from samadapt.training.slice_data import SliceSample
@@ -65,8 +73,47 @@ GUIDE_THRESHOLD = 0.5
 
 
 @dataclass(frozen=True)
+class PHPGSettings:
+    """The ``phpg`` settings group of ``samadapt train`` (``--set objective=phpg --set phpg.correction_rounds=8``).
+
+    - ``correction_rounds`` (SAM's recipe: 8; 2 keeps CPU runs affordable) and ``mask_only_rounds`` (SAM: 2).
+    - ``first_weights`` / ``correction_weights``: behaviour name -> weight of the simulated users' first
+      prompts and correction clicks (None: every behaviour 1; names left out: 0).
+    - ``error_head``: train an error-prediction head (``error_weight`` x BCE) that places a fraction
+      ``guidance_mix`` of the correction clicks. Off by default: it made a step 1.22x slower and showed no
+      gain in the project's ablation (docs/phpg.md), and no inference surface loads it yet.
+    - ``recompute_passes``: recompute each round's activations in the backward pass instead of keeping them
+      (the same gradients; the memory of one round instead of all, one more decoder forward per round).
+    """
+
+    correction_rounds: int = 2
+    mask_only_rounds: int = 1
+    first_weights: dict[str, float] | None = None
+    correction_weights: dict[str, float] | None = None
+    error_head: bool = False
+    guidance_mix: float = 0.5
+    error_weight: float = 1.0
+    recompute_passes: bool = False
+
+    def __post_init__(self) -> None:
+        bad = setting_error("phpg")
+        check_integers(self, ("correction_rounds", "mask_only_rounds"), 0, bad)
+        check_flags(self, ("error_head", "recompute_passes"), bad)
+        check_numbers(self, ("error_weight",), bad)
+        check_numbers(self, ("guidance_mix",), bad, fraction=True)
+        for key, known in (("first_weights", FIRST_BEHAVIOURS), ("correction_weights", CORRECTION_BEHAVIOURS)):
+            value = getattr(self, key)
+            if value is not None:
+                try:
+                    object.__setattr__(self, key, check_weights(value, known, key))
+                except ValueError as err:
+                    raise bad(str(err)) from None
+
+
+@dataclass(frozen=True)
 class PHPGObjective(RegionLosses):
-    """Settings of the objective (``FinetuneConfig``'s ``phpg_*`` settings document each); the object choice,
+    """The objective: :class:`PHPGSettings` plus the mask-loss settings shared with multi-prompt training, with
+    the behaviour mixtures and the error head built (:func:`phpg_objective_from_config`); the object choice,
     mask loss and reduction are multi-prompt training's (:class:`~samadapt.training.multi_prompt.RegionLosses`)."""
 
     prompting: str = "multi"
@@ -218,16 +265,19 @@ class _Sequence:
 
 
 def phpg_objective_from_config(config, embed_dim: int) -> PHPGObjective:
-    """The PHPG objective a ``FinetuneConfig`` describes; its error head (if on) is initialised from
-    ``config.seed`` for embeddings of ``embed_dim`` channels (``spec.prompt_embed_dim``)."""
+    """The PHPG objective a ``FinetuneConfig`` describes (its ``phpg`` group, :class:`PHPGSettings`, and the
+    mask-loss settings it shares with multi-prompt training); its error head (if on) is initialised from
+    ``config.engine.seed`` for embeddings of ``embed_dim`` channels (``spec.prompt_embed_dim``)."""
+    phpg: PHPGSettings = config.phpg
     head = None
-    if config.phpg_error_head:
+    if phpg.error_head:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
+            torch.manual_seed(config.engine.seed)
             head = ErrorHead(embed_dim)
     return PHPGObjective(
-        config.prompting, config.max_prompts_per_slice, first_mixture(config.phpg_first_weights),
-        correction_mixture(config.phpg_correction_weights), config.phpg_correction_rounds,
-        config.phpg_mask_only_rounds, config.loss, config.iou_weight, config.prompt_reduction,
-        config.loss_size, head, config.phpg_guidance_mix, config.phpg_error_weight,
-        recompute_passes=config.phpg_recompute_passes)
+        prompting=config.prompting, max_prompts_per_slice=config.max_prompts_per_slice,
+        first=first_mixture(phpg.first_weights), correction=correction_mixture(phpg.correction_weights),
+        correction_rounds=phpg.correction_rounds, mask_only_rounds=phpg.mask_only_rounds, loss=config.loss,
+        iou_weight=config.iou_weight, prompt_reduction=config.prompt_reduction, loss_size=config.loss_size,
+        error_head=head, guidance_mix=phpg.guidance_mix, error_weight=phpg.error_weight,
+        recompute_passes=phpg.recompute_passes)

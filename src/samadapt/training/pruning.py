@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from samadapt.settings import check_choices, check_numbers, names_list, setting_error
 from samadapt.training.slice_data import TrainingSlice
 
 PRUNING_POLICIES = ("none", "class", "global", "random")
@@ -44,7 +45,10 @@ PRUNING_POLICIES = ("none", "class", "global", "random")
 
 @dataclass(frozen=True)
 class PruningSettings:
-    """See the module docstring; ``epochs`` is the length of the run in (full-data) epochs."""
+    """The ``pruning`` settings group of ``samadapt train`` (``--set pruning.policy=class``); see the module
+    docstring. With a policy other than ``none``, ``engine.steps`` sets the run's length in full-data epochs
+    (``steps x batch_size x grad_accum / training slices``) and the run ends when those epochs are done, in
+    fewer steps."""
 
     policy: str = "none"
     ratio: float = 0.5
@@ -54,8 +58,15 @@ class PruningSettings:
     rare_class_share: float = 0.1
 
     def __post_init__(self) -> None:
-        if self.policy not in PRUNING_POLICIES:
-            raise ValueError(f"pruning policy {self.policy!r}: use one of {', '.join(PRUNING_POLICIES)}")
+        bad = setting_error("pruning")
+        check_choices(self, {"policy": PRUNING_POLICIES}, bad)
+        check_numbers(self, ("ratio", "anneal_fraction", "min_class_share", "rare_class_share"), bad, fraction=True)
+        protected = names_list(self.protected_classes)
+        if protected is None:
+            protected = ()
+        if not isinstance(protected, (list, tuple)) or not all(isinstance(c, str) for c in protected):
+            raise bad(f"protected_classes={self.protected_classes!r}: give a list of class names, e.g. [lesion]")
+        object.__setattr__(self, "protected_classes", tuple(protected))
 
 
 @dataclass
