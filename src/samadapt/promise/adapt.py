@@ -161,8 +161,9 @@ def adapt(
     digest = sam_digest(loaded.sam)
     adapter = build_adapter(loaded, config, classes, train, digest).to(device).train()
     named = dict(adapter.named_parameters())
-    objective = PromiseObjective(config.presence_weight, config.ips_prompts, config.num_positive,
-                                 config.num_points, config.negative_margin, config.multimask_output)
+    objective = PromiseObjective(
+        presence_weight=config.presence_weight, ips_prompts=config.ips_prompts, num_positive=config.num_positive,
+        num_points=config.num_points, negative_margin=config.negative_margin, multimask=config.multimask_output)
     engine = config.engine
     order = SliceOrder(len(train), engine.batch_size, engine.grad_accum, engine.seed)
     n_params = adapter.trainable_parameter_count()
