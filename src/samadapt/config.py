@@ -137,6 +137,8 @@ class RunConfig:
     def check_run_settings(self, bad) -> None:
         """Validate the fields above (``bad(message)`` builds the command's :class:`ConfigError`)."""
         check_groups(self, bad)
+        if not self.engine.lr > 0:  # the engine accepts 0 (an evaluation-only phase); a fine-tuning run does not
+            raise setting_error("engine")(f"lr={self.engine.lr!r}: use a positive number, e.g. 1e-4")
         check_choices(self, {"val_split": ("train", "val", "test")}, bad)
         self.data = str(self.data)
 

@@ -87,10 +87,10 @@ class EngineSettings:
         bad = setting_error("engine")
         check_integers(self, ("steps", "batch_size", "grad_accum", "checkpoint_every", "eval_every"), 1, bad)
         check_integers(self, ("warmup_steps", "seed", "patience"), 0, bad)
-        check_numbers(self, ("weight_decay", "grad_clip", "checkpoint_seconds", "min_delta"), bad)
+        # lr 0 is a valid engine run (a pretraining phase that only evaluates); train and adapt refuse it
+        # (RunConfig.check_run_settings), where it could only waste the run
+        check_numbers(self, ("lr", "weight_decay", "grad_clip", "checkpoint_seconds", "min_delta"), bad)
         check_numbers(self, ("min_lr_fraction",), bad, fraction=True)
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
-            raise bad(f"lr={self.lr!r}: use a positive number, e.g. 1e-4")
         check_flags(self, ("amp",), bad)
 
     @property
