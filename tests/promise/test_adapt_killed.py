@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 from samadapt.cli import app
 from support import killed_midway
 
-SETTINGS = ["--set", "steps=6", "--set", "batch_size=2", "--set", "checkpoint_every=2", "--set", "eval_every=3",
-            "--set", "warmup_steps=1", "--set", "lr=3e-3"]
+SETTINGS = ["--set", "engine.steps=6", "--set", "engine.batch_size=2", "--set", "engine.checkpoint_every=2",
+            "--set", "engine.eval_every=3", "--set", "engine.warmup_steps=1", "--set", "engine.lr=3e-3"]
 
 
 def _curve(run) -> list[tuple]:

@@ -59,7 +59,7 @@ class EngineSettings:
 
     - ``steps``: optimiser steps (a pruned run: its length in full-data epochs, see ``pruning``);
       ``batch_size`` slices per micro-batch (the method's), ``grad_accum`` micro-batches per step.
-    - AdamW at ``lr`` with ``weight_decay``; linear warm-up over ``warmup_steps``, then cosine to
+    - AdamW at ``lr`` (0: no update) with ``weight_decay``; linear warm-up over ``warmup_steps``, then cosine to
       ``min_lr_fraction`` x ``lr``; gradients clipped at ``grad_clip`` (0: off); bf16/fp16 autocast on CUDA
       when ``amp`` (never on CPU). ``seed`` drives the data order, the prompt draws and new weights.
     - Checkpoints every ``checkpoint_every`` steps and once ``checkpoint_seconds`` have passed since the last
@@ -87,10 +87,10 @@ class EngineSettings:
         bad = setting_error("engine")
         check_integers(self, ("steps", "batch_size", "grad_accum", "checkpoint_every", "eval_every"), 1, bad)
         check_integers(self, ("warmup_steps", "seed", "patience"), 0, bad)
-        check_numbers(self, ("weight_decay", "grad_clip", "checkpoint_seconds", "min_delta"), bad)
+        # lr 0 is allowed here: the weights stay as they are (a pretraining phase that only evaluates); the
+        # commands that train a prepared dataset refuse it (RunConfig)
+        check_numbers(self, ("lr", "weight_decay", "grad_clip", "checkpoint_seconds", "min_delta"), bad)
         check_numbers(self, ("min_lr_fraction",), bad, fraction=True)
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
-            raise bad(f"lr={self.lr!r}: use a positive number, e.g. 1e-4")
         check_flags(self, ("amp",), bad)
 
     @property
