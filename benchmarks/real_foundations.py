@@ -274,7 +274,7 @@ def trained(run_dir: Path, config: FinetuneConfig) -> dict:
     # a pruned run's length is whole full-data epochs (steps x batch / slices, rounded): its planner says how
     # many iterations the full data would have taken in those epochs; that, not `steps`, is the reference
     full = pruning["iterations_full_data"] if pruning else result.steps
-    return {"model": str(result.model), "iterations": result.steps, "steps_setting": config.steps,
+    return {"model": str(result.model), "iterations": result.steps, "steps_setting": config.engine.steps,
             "iterations_full_data": full, "fraction_of_full": round(result.steps / full, 4),
             "wall_s": round(result.wall_s, 1), "best_val_dice": result.best_val_dice, "val_curve": result.curve,
             "pruning": pruning, "this_call_s": round(time.time() - started, 1),

@@ -181,3 +181,38 @@ negative_margin: 0.5
 promptable_weight: 1.0
 multimask_output: true
 """
+
+# and what `samadapt pretrain` saved before its engine group (samadapt at 6e5329b), for the micro run of
+# tests/pretraining/test_pretrain.py (its CONFIG)
+OLD_PRETRAIN_CONFIG = """\
+model: test_micro
+steps: 4
+batch_size: 2
+objects_per_image: 2
+lr: 0.0005
+min_lr_fraction: 0.05
+weight_decay: 0.05
+warmup_steps: 1
+grad_clip: 1.0
+corpus_images: 6
+corpus_seed: 0
+eval_images: 2
+eval_seed: 1000003
+seed: 0
+correction_rounds: 1
+mask_only_rounds: 1
+point_first_probability: 0.5
+box_warmup_fraction: 0.5
+full_recipe_fraction: 0.25
+eval_every: 2
+checkpoint_every: 2
+threads: 1
+init_from: null
+grad_accum: 1
+amp: true
+checkpoint_seconds: 60.0
+patience: 0
+min_delta: 0.0
+select_model: last
+device: cpu
+"""

@@ -246,7 +246,7 @@ def pretrain_command(
 
     def on_step(record: dict) -> None:
         if not bars:
-            bars.append(tqdm(total=settings.steps, unit="step", desc="pretrain", dynamic_ncols=True,
+            bars.append(tqdm(total=settings.engine.steps, unit="step", desc="pretrain", dynamic_ncols=True,
                              disable=not current().is_main))
         bars[0].n = record["step"]
         shown = {k: round(v, 3) for k, v in record.items() if k in ("loss", "iou_first_box", "val_box_iou")}

@@ -30,6 +30,7 @@ from samadapt.settings import (  # noqa: F401  (the settings machinery, imported
     check_integers,
     check_numbers,
     config_to_dict,
+    dotted_settings,
     expand_dotted,
     load_config,
     make_config,
@@ -44,6 +45,10 @@ from samadapt.training.engine import EngineSettings
 from samadapt.training.phpg import PHPGSettings
 from samadapt.training.pruning import PruningSettings
 
+ENGINE_KEYS = ("steps", "batch_size", "grad_accum", "lr", "weight_decay", "warmup_steps", "min_lr_fraction",
+               "grad_clip", "amp", "seed", "checkpoint_every", "checkpoint_seconds", "eval_every", "patience",
+               "min_delta")
+
 
 @dataclasses.dataclass
 class PretrainConfig:
@@ -53,28 +58,26 @@ class PretrainConfig:
     ``mask_only_rounds`` mask-only rounds per step, except the last ``full_recipe_fraction`` of steps,
     which use SAM's full 8 + 2 (a CPU budget: the decoder rounds, not the encoder, dominate a step).
 
-    It runs on the training engine (:mod:`samadapt.training.engine`), whose settings these fields supply
-    (:func:`samadapt.pretraining.pretrain.engine_settings`): AdamW, warm-up then cosine, ``grad_accum``
-    micro-batches of ``batch_size`` images, ``amp`` on CUDA, checkpoints by steps and by time, validation on
-    the held-out corpus every ``eval_every`` steps (score: mean of box and 1-click IoU), ``patience`` /
-    ``min_delta`` early stopping. ``select_model``: ``last`` (the shipped model's rule) or ``best``
-    validation step for ``model.pth``.
+    It runs on the training engine (:mod:`samadapt.training.engine`) with the ``engine`` group
+    (:class:`EngineSettings`, ``--set engine.steps=3000``) at pretraining's defaults: 3000 steps, AdamW at
+    lr 5e-4 with weight decay 0.05, 100 warm-up steps then cosine, ``grad_accum`` micro-batches of
+    ``batch_size`` (10) images, ``amp`` on CUDA (the default device is the CPU, where it never applies),
+    checkpoints by steps and by time, validation on the held-out corpus every ``eval_every`` (200) steps
+    (score: mean of box and 1-click IoU), ``patience`` / ``min_delta`` early stopping. ``select_model``:
+    ``last`` (the shipped model's rule) or ``best`` validation step for ``model.pth``. Run folders and
+    sidecars written before the group (flat ``steps``, ``lr``, ...) load through ``renamed``.
     """
 
+    renamed: ClassVar[dict[str, str]] = {key: f"engine.{key}" for key in ENGINE_KEYS}
+
     model: str = "tiny"
-    steps: int = 3000
-    batch_size: int = 10
+    engine: EngineSettings = dataclasses.field(default_factory=lambda: EngineSettings(
+        steps=3000, batch_size=10, lr=5e-4, weight_decay=0.05, warmup_steps=100, eval_every=200))
     objects_per_image: int = 6
-    lr: float = 5e-4
-    min_lr_fraction: float = 0.05
-    weight_decay: float = 0.05
-    warmup_steps: int = 100
-    grad_clip: float = 1.0
     corpus_images: int = 5000
     corpus_seed: int = 0
     eval_images: int = 100
     eval_seed: int = 1000003
-    seed: int = 0
     correction_rounds: int = 1
     mask_only_rounds: int = 1
     point_first_probability: float = 0.5  # first prompt a click (else a noisy box); SAM's full recipe: 0.5
@@ -82,15 +85,8 @@ class PretrainConfig:
     # fastest way out of the empty-mask plateau every from-scratch run starts on (docs/model_card_tiny.md).
     box_warmup_fraction: float = 0.7
     full_recipe_fraction: float = 0.04
-    eval_every: int = 200
-    checkpoint_every: int = 50
     threads: int = 1
     init_from: str | None = None  # a SAM checkpoint to continue from (a second phase), instead of random weights
-    grad_accum: int = 1
-    amp: bool = True  # autocast on CUDA only (the default device is the CPU, where it never applies)
-    checkpoint_seconds: float = 60.0
-    patience: int = 0
-    min_delta: float = 0.0
     select_model: str = "last"
     device: str = "cpu"
 
@@ -98,25 +94,16 @@ class PretrainConfig:
         def bad(what: str) -> ConfigError:
             return ConfigError(f"pretrain setting {what}")
 
-        check_integers(self, ("steps", "batch_size", "objects_per_image", "corpus_images", "eval_images",
-                              "eval_every", "checkpoint_every", "threads", "grad_accum"), 1, bad)
-        check_integers(self, ("warmup_steps", "corpus_seed", "eval_seed", "seed", "correction_rounds",
-                              "mask_only_rounds", "patience"), 0, bad)
-        check_numbers(self, ("lr", "weight_decay", "grad_clip"), bad)  # lr 0: a phase that only evaluates
-        check_numbers(self, ("checkpoint_seconds", "min_delta"), bad)
-        check_flags(self, ("amp",), bad)
+        check_groups(self, bad)
+        check_integers(self, ("objects_per_image", "corpus_images", "eval_images", "threads"), 1, bad)
+        check_integers(self, ("corpus_seed", "eval_seed", "correction_rounds", "mask_only_rounds"), 0, bad)
         check_choices(self, {"select_model": ("last", "best")}, bad)
         if not isinstance(self.device, str):
             raise bad(f"device={self.device!r}: use cpu, cuda or cuda:<index>")
-        check_numbers(self, ("box_warmup_fraction", "full_recipe_fraction", "point_first_probability",
-                             "min_lr_fraction"), bad, fraction=True)
+        check_numbers(self, ("box_warmup_fraction", "full_recipe_fraction", "point_first_probability"), bad,
+                      fraction=True)
         if self.box_warmup_fraction + self.full_recipe_fraction > 1:
             raise ConfigError("pretrain settings box_warmup_fraction + full_recipe_fraction exceed 1; lower one")
-
-
-ENGINE_KEYS = ("steps", "batch_size", "grad_accum", "lr", "weight_decay", "warmup_steps", "min_lr_fraction",
-               "grad_clip", "amp", "seed", "checkpoint_every", "checkpoint_seconds", "eval_every", "patience",
-               "min_delta")
 
 
 @dataclasses.dataclass

@@ -84,6 +84,18 @@ def expand_dotted(values: dict) -> dict:
     return result
 
 
+def dotted_settings(values: dict, prefix: str = "") -> dict:
+    """A nested settings mapping as ``--set`` keys: ``{"engine": {"lr": 1e-4}}`` -> ``{"engine.lr": 1e-4}``
+    (every mapping is taken for a group: for settings without mapping values, e.g. ``PretrainConfig``)."""
+    flat: dict = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(dotted_settings(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def parse_overrides(pairs: list[str] | None) -> dict:
     """``["engine.lr=1e-4", "objective=phpg"]`` -> ``{"engine": {"lr": 0.0001}, "objective": "phpg"}``."""
     result: dict = {}

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from samadapt.config import PretrainConfig, config_to_dict
+from samadapt.config import PretrainConfig, config_to_dict, dotted_settings, migrate_renamed
 from samadapt.data.shapes import generate_corpus
 from samadapt.models.registry import DEFAULT_MODEL, REGISTRY
 from samadapt.models.sam import load_sam, sidecar_path
@@ -36,7 +36,9 @@ def test_tiny_matches_its_registry_architecture_and_is_not_the_default(tiny):
 def test_sidecar_records_how_it_was_made(sidecar):
     training = sidecar["training"]
     assert training["command"].startswith("samadapt pretrain")
-    assert training["steps"] == training["config"]["steps"]
+    # the configs are recorded as the runs wrote them: flat (steps, lr, ...) before the engine group existed,
+    # read through the same migration as a run folder's config.yaml
+    assert training["steps"] == migrate_renamed(training["config"], PretrainConfig.renamed)["engine"]["steps"]
     # the model is made in stages, each continuing from the previous one's checkpoint (init_from); the
     # sidecar nests each earlier stage's record, so every command that made the model is listed
     stages = [training]
@@ -48,9 +50,10 @@ def test_sidecar_records_how_it_was_made(sidecar):
     # the first stage starts from random weights with the defaults of `samadapt pretrain`, so a plain
     # run reproduces it (settings added after that run default to what it did implicitly)
     first = stages[-1]
-    defaults = config_to_dict(PretrainConfig())
-    assert set(first["config"]) <= set(defaults)
-    assert {k: defaults[k] for k in first["config"]} == first["config"]
+    recorded = dotted_settings(migrate_renamed(first["config"], PretrainConfig.renamed))
+    defaults = dotted_settings(config_to_dict(PretrainConfig()))
+    assert set(recorded) <= set(defaults)
+    assert {k: defaults[k] for k in recorded} == recorded
     assert defaults["init_from"] is None and defaults["point_first_probability"] == 0.5
     assert set(sidecar["metrics"]) >= {"heldout_box_iou", "heldout_point_iou"}
     # the quality bar of the model card: a weaker checkpoint must not replace the shipped one unnoticed

@@ -18,19 +18,26 @@ import torch
 from typer.testing import CliRunner
 
 from samadapt.cli import app
-from samadapt.config import PretrainConfig, config_to_dict, load_config, parse_overrides
+from samadapt.config import PretrainConfig, config_to_dict, dotted_settings, load_config, parse_overrides
 from samadapt.errors import ConfigError
 from samadapt.io.atomic import is_temporary
 from samadapt.io.folder_lock import LOCK_FILE
 from samadapt.models.registry import REGISTRY
 from samadapt.models.sam import build_sam, load_sam, read_state_dict
 from samadapt.pretraining.pretrain import learning_rate, prepare_pretrain_folder, pretrain
-from support import one_line_error
+from support import OLD_PRETRAIN_CONFIG, one_line_error
 
 CONFIG = PretrainConfig(
-    model="test_micro", steps=4, batch_size=2, objects_per_image=2, corpus_images=6, eval_images=2,
-    checkpoint_every=2, eval_every=2, warmup_steps=1, box_warmup_fraction=0.5, full_recipe_fraction=0.25, threads=1,
+    model="test_micro", objects_per_image=2, corpus_images=6, eval_images=2, box_warmup_fraction=0.5,
+    full_recipe_fraction=0.25, threads=1,
+    engine=dataclasses.replace(PretrainConfig().engine, steps=4, batch_size=2, checkpoint_every=2, eval_every=2,
+                               warmup_steps=1),
 )
+
+
+def _with_engine(config: PretrainConfig, **changes) -> PretrainConfig:
+    """``config`` with ``changes`` to its ``engine`` group (the rest of the group as it was)."""
+    return dataclasses.replace(config, engine=dataclasses.replace(config.engine, **changes))
 
 
 def _run(run_dir: Path, config: PretrainConfig, **kw) -> Path:
@@ -147,7 +154,7 @@ def test_interrupted_run_resumes_to_bit_identical_weights(finished, tmp_path):
 
 
 def test_folder_started_with_other_settings_is_refused(finished):
-    other = dataclasses.replace(CONFIG, lr=CONFIG.lr / 2)
+    other = _with_engine(CONFIG, lr=CONFIG.engine.lr / 2)
     with pytest.raises(ConfigError, match="config.yaml"):
         pretrain(finished["dir"], other)
     assert load_config(PretrainConfig, finished["dir"] / "config.yaml") == CONFIG  # left as it was
@@ -160,7 +167,7 @@ def test_unknown_model_is_a_config_error(tmp_path):
 
 
 def test_learning_rate_warms_up_then_decays_to_the_floor():
-    config = PretrainConfig(steps=100, warmup_steps=10, lr=1e-3, min_lr_fraction=0.1)
+    config = _with_engine(PretrainConfig(), steps=100, warmup_steps=10, lr=1e-3, min_lr_fraction=0.1)
     assert learning_rate(config, 0) == pytest.approx(1e-4)
     assert learning_rate(config, 9) == pytest.approx(1e-3)
     assert learning_rate(config, 10) == pytest.approx(1e-3)
@@ -172,8 +179,8 @@ def test_learning_rate_warms_up_then_decays_to_the_floor():
 
 def test_cli_pretrain_runs_and_reports_bad_settings(tmp_path):
     runner = CliRunner()
-    settings = ["model=test_micro", "steps=2", "batch_size=1", "objects_per_image=1", "corpus_images=2",
-                "eval_images=1", "warmup_steps=1", "threads=1"]
+    settings = ["model=test_micro", "engine.steps=2", "engine.batch_size=1", "objects_per_image=1",
+                "corpus_images=2", "eval_images=1", "engine.warmup_steps=1", "threads=1"]
     tiny = [word for setting in settings for word in ("--set", setting)]
     result = runner.invoke(app, ["pretrain", str(tmp_path / "run"), *tiny])
     assert result.exit_code == 0, result.output
@@ -188,8 +195,8 @@ def test_cli_pretrain_runs_and_reports_bad_settings(tmp_path):
 
     # the same folder again, or resumed with other settings: refused with a one-line message, not a
     # traceback (the progress bar is opened before the run starts, so its empty line may precede it)
-    for args, expected in (([], "folder is not empty; pass --resume"),
-                           (["--resume", "--set", "steps=3"], "--resume continues with the run's saved config.yaml")):
+    resumed_with_other = (["--resume", "--set", "engine.steps=3"], "--resume continues with the run's saved config")
+    for args, expected in (([], "folder is not empty; pass --resume"), resumed_with_other):
         result = runner.invoke(app, ["pretrain", str(tmp_path / "run"), *tiny, *args])
         assert result.exit_code == 2
         errors = [line for line in result.stderr.splitlines() if line.startswith("samadapt: error:")]
@@ -201,19 +208,19 @@ def test_cli_pretrain_runs_and_reports_bad_settings(tmp_path):
 
 def test_a_second_phase_starts_from_the_given_checkpoint(finished, tmp_path):
     first = finished["path"]
-    frozen = dataclasses.replace(CONFIG, steps=1, lr=0.0, init_from=str(first))  # lr 0: no update at all
+    frozen = dataclasses.replace(_with_engine(CONFIG, steps=1, lr=0.0), init_from=str(first))  # lr 0: no update
     second = load_sam(str(_run(tmp_path / "phase2", frozen)))
     reference = load_sam(str(first))
     assert all(torch.equal(v, reference.sam.state_dict()[k]) for k, v in second.sam.state_dict().items())
     # the second stage's sidecar carries the first stage's record: every command that made the model
     training = second.sidecar["training"]
-    assert training["steps"] == 1 and training["total_steps"] == 1 + CONFIG.steps
+    assert training["steps"] == 1 and training["total_steps"] == 1 + CONFIG.engine.steps
     origin = training["initialised_from"]
     assert origin["training"] == reference.sidecar["training"] and origin["metrics"] == reference.sidecar["metrics"]
     assert origin["training"]["command"].startswith("samadapt pretrain") and "init_from" in training["command"]
 
     third = load_sam(str(_run(tmp_path / "phase3", dataclasses.replace(frozen, init_from=str(second.checkpoint)))))
-    assert third.sidecar["training"]["total_steps"] == 2 + CONFIG.steps
+    assert third.sidecar["training"]["total_steps"] == 2 + CONFIG.engine.steps
     assert third.sidecar["training"]["initialised_from"]["training"]["initialised_from"] == origin
 
 
@@ -225,7 +232,7 @@ def test_a_second_phase_refuses_another_architecture(finished, tmp_path):
 
 
 def test_box_warmup_steps_prompt_boxes_only_in_one_round(tmp_path):
-    config = dataclasses.replace(CONFIG, box_warmup_fraction=0.5, full_recipe_fraction=0.0, eval_every=10)
+    config = dataclasses.replace(_with_engine(CONFIG, eval_every=10), box_warmup_fraction=0.5, full_recipe_fraction=0.0)
     records: list[dict] = []
     _run(tmp_path / "run", config, on_step=records.append)
     assert [r["rounds"] for r in records] == [1, 1, 3, 3]
@@ -241,8 +248,8 @@ def test_phase_fractions_are_checked():
 
 def _cli_settings(config: PretrainConfig) -> list[str]:
     """``--set`` options giving ``config`` on the command line (the settings that differ from the defaults)."""
-    defaults = config_to_dict(PretrainConfig())
-    return [word for key, value in config_to_dict(config).items() if value != defaults[key]
+    defaults = dotted_settings(config_to_dict(PretrainConfig()))
+    return [word for key, value in dotted_settings(config_to_dict(config)).items() if value != defaults[key]
             for word in ("--set", f"{key}={value}")]
 
 
@@ -301,7 +308,7 @@ def _as_pre_engine_folder(run_dir: Path) -> None:
     ``eval_*`` keys and ``elapsed_s``."""
     state = torch.load(run_dir / "state.pt", weights_only=True)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(CONFIG.seed)
+        torch.manual_seed(CONFIG.engine.seed)
         model = build_sam(REGISTRY[CONFIG.model]).state_dict()
     model.update(state["parameters"])
     torch.save({"model": model, "optimizer": state["optimizer"], "generator": state["generators"][0],
@@ -341,6 +348,30 @@ def test_a_folder_of_the_pre_engine_layout_resumes_where_it_stopped(finished, tm
     assert [m["step"] for m in _metrics(run_dir)] == [1, 2, 3, 4]
 
 
+def test_a_folder_whose_config_yaml_is_flat_resumes(finished, tmp_path):
+    """A run folder saved before the ``engine`` group (flat ``steps``, ``lr``, ...) reads as the same settings
+    and ``--resume`` continues it to the weights of the uninterrupted run."""
+    class InterruptError(Exception):
+        pass
+
+    def stop_at_three(record: dict) -> None:
+        if record["step"] == 3:
+            raise InterruptError
+
+    run_dir = tmp_path / "run"
+    with pytest.raises(InterruptError):
+        _run(run_dir, CONFIG, on_step=stop_at_three)
+    (run_dir / "config.yaml").write_text(OLD_PRETRAIN_CONFIG)
+    assert load_config(PretrainConfig, run_dir / "config.yaml") == CONFIG
+    result = CliRunner().invoke(app, ["pretrain", str(run_dir), "--resume"])
+    assert result.exit_code == 0, result.output
+    reference, resumed = read_state_dict(finished["path"]), read_state_dict(run_dir / "model.pth")
+    assert reference.keys() == resumed.keys()
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)
+    assert [m["step"] for m in _metrics(run_dir)] == [1, 2, 3, 4]
+    assert json.loads((run_dir / "model.json").read_text())["training"]["config"] == config_to_dict(CONFIG)
+
+
 def test_a_damaged_state_is_one_line_and_a_stepless_folder_restarts(tmp_path):
     run_dir = tmp_path / "run"
 
@@ -358,7 +389,7 @@ def test_a_damaged_state_is_one_line_and_a_stepless_folder_restarts(tmp_path):
     # what a run killed before its first checkpoint leaves (settings, corpus, metrics, events): a plain run
     # with other settings starts afresh; --resume says so
     state.unlink()
-    changed = dataclasses.replace(CONFIG, lr=CONFIG.lr / 2)
+    changed = _with_engine(CONFIG, lr=CONFIG.engine.lr / 2)
     line = one_line_error(CliRunner().invoke(app, ["pretrain", str(run_dir), "--resume", *_cli_settings(changed)]))
     assert "saved no step yet, so a run without --resume starts it afresh" in line
     result = CliRunner().invoke(app, ["pretrain", str(run_dir), *_cli_settings(changed)])
@@ -371,7 +402,7 @@ def test_patience_stops_and_best_selects(tmp_path):
     """At lr 0 the weights never move, so every validation scores the same: with patience 2 the run stops at
     the third validation (step 3 of 8; the first is within the warm-up), and ``select_model=best`` makes the
     first validated step the model, the last one ``last.pth``."""
-    config = dataclasses.replace(CONFIG, steps=8, lr=0.0, eval_every=1, warmup_steps=1, patience=2,
+    config = dataclasses.replace(_with_engine(CONFIG, steps=8, lr=0.0, eval_every=1, warmup_steps=1, patience=2),
                                  select_model="best", box_warmup_fraction=1.0, full_recipe_fraction=0.0)
     path = _run(tmp_path / "run", config)
     assert [m["step"] for m in _metrics(tmp_path / "run")] == [1, 2, 3]
@@ -405,9 +436,9 @@ def test_tiny_pretraining_on_the_engine_learns(tmp_path):
     mean loss of steps 11-15 is 0.43-0.55 of steps 1-5 (20 x focal on random logits falls fast as the masks
     leave the plateau; a 5-step mean wobbles by about 0.1 on ~1.7). 0.75 leaves room for that wobble and
     other CPUs' kernels while still failing a run that does not learn (a ratio near 1)."""
-    config = PretrainConfig(model="tiny", steps=15, batch_size=2, objects_per_image=3, corpus_images=40,
-                            eval_images=2, warmup_steps=3, box_warmup_fraction=1.0, full_recipe_fraction=0.0,
-                            eval_every=15, checkpoint_every=15, threads=2)
+    config = _with_engine(PretrainConfig(model="tiny", objects_per_image=3, corpus_images=40, eval_images=2,
+                                         box_warmup_fraction=1.0, full_recipe_fraction=0.0, threads=2),
+                          steps=15, batch_size=2, warmup_steps=3, eval_every=15, checkpoint_every=15)
     records: list[dict] = []
     _run(tmp_path / "run", config, on_step=records.append)
     losses = [r["loss"] for r in records]

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from segment_anything.modeling import Sam
 
-from samadapt.config import PretrainConfig, config_to_dict, load_config
+from samadapt.config import PretrainConfig, config_to_dict, dotted_settings, load_config
 from samadapt.data.shapes import generate_corpus
 from samadapt.errors import CheckpointError, ConfigError
 from samadapt.io.atomic import atomic_path
@@ -40,7 +40,7 @@ from samadapt.models.sam import build_sam, load_sam, save_sam
 from samadapt.pretraining.evaluate import evaluate_on_shapes
 from samadapt.pretraining.interactive import InteractiveRecipe, interactive_loss
 from samadapt.runtime import Ranks, resolve_device, setup
-from samadapt.training.engine import METRICS_FILE, STATE_FILE, EngineSettings, load_state, lr_factor, run_training
+from samadapt.training.engine import METRICS_FILE, STATE_FILE, load_state, lr_factor, run_training
 from samadapt.training.finetune import CONFIG_FILE, prepare_run_folder
 
 CORPUS_FILES = "corpus_*.npz"  # regenerable: a folder holding only these (and a step-less run's files) restarts
@@ -48,20 +48,10 @@ CORPUS_FILES = "corpus_*.npz"  # regenerable: a folder holding only these (and a
 _LEGACY_STATE_KEYS = ("model", "optimizer", "generator", "step")
 
 
-def engine_settings(config: PretrainConfig) -> EngineSettings:
-    """The training engine's settings of a pretraining run (the one place they are mapped)."""
-    return EngineSettings(
-        steps=config.steps, lr=config.lr, weight_decay=config.weight_decay, warmup_steps=config.warmup_steps,
-        min_lr_fraction=config.min_lr_fraction, grad_accum=config.grad_accum, grad_clip=config.grad_clip,
-        amp=config.amp, seed=config.seed, checkpoint_every=config.checkpoint_every,
-        checkpoint_seconds=config.checkpoint_seconds, eval_every=config.eval_every, patience=config.patience,
-        min_delta=config.min_delta,
-    )
-
-
 def learning_rate(config: PretrainConfig, step: int) -> float:
-    """Linear warm-up to ``lr``, then cosine decay to ``min_lr_fraction * lr`` at the last step."""
-    return config.lr * lr_factor(engine_settings(config), step)
+    """Linear warm-up to ``engine.lr``, then cosine decay to ``engine.min_lr_fraction * engine.lr`` at the last
+    step."""
+    return config.engine.lr * lr_factor(config.engine, step)
 
 
 def validation_score(figures: dict[str, float]) -> float:
@@ -230,7 +220,7 @@ def pretrain(
 def _build(config: PretrainConfig, spec: ModelSpec, device: torch.device) -> tuple[Sam, dict]:
     """The model a run starts from (seeded random weights, or ``init_from``) and its lineage record."""
     with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
-        torch.manual_seed(config.seed)
+        torch.manual_seed(config.engine.seed)
         sam = build_sam(spec)
     lineage: dict = {}
     if config.init_from:
@@ -249,11 +239,11 @@ def _batch_loss(config: PretrainConfig, ranks: Ranks, images: np.ndarray, instan
                                 point_first_probability=config.point_first_probability)
     full = InteractiveRecipe()
     box_only = InteractiveRecipe(correction_rounds=0, mask_only_rounds=0, point_first_probability=0.0)
-    box_until = int(config.steps * config.box_warmup_fraction)
-    full_from = int(config.steps * (1 - config.full_recipe_fraction))
+    box_until = int(config.engine.steps * config.box_warmup_fraction)
+    full_from = int(config.engine.steps * (1 - config.full_recipe_fraction))
     parameters = list(sam.parameters())
-    count = len(ranks.shard(range(config.batch_size)))
-    share = count / config.batch_size / config.grad_accum  # of the step's mean (loss and statistics)
+    count = len(ranks.shard(range(config.engine.batch_size)))
+    share = count / config.engine.batch_size / config.engine.grad_accum  # of the step's mean (loss and statistics)
 
     def compute_loss(step: int, micro: int, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         recipe = full if step >= full_from else box_only if step < box_until else reduced
@@ -277,7 +267,7 @@ def _batch_loss(config: PretrainConfig, ranks: Ranks, images: np.ndarray, instan
             # back-propagated round by round: the memory of one decoder round, not of all (interactive_loss)
             return interactive_loss(sam, embeddings, targets, recipe, generator, backward=True)
 
-        loss, stats = engine_loss(parameters, backpropagating_loss, scale=count / config.batch_size)
+        loss, stats = engine_loss(parameters, backpropagating_loss, scale=count / config.engine.batch_size)
         stats = {**stats, "rounds": rounds}
         if ranks.world > 1:
             stats = {key: stats.get(key, 0.0) for key in ("rounds", "iou_last")}
@@ -313,9 +303,9 @@ def _run(run_dir: Path, config: PretrainConfig, on_step: Callable[[dict], None])
         return {"score": validation_score(latest), **latest}
 
     def info(step: int, figures: dict[str, float], wall_s: float | None = None) -> dict:
-        defaults = config_to_dict(PretrainConfig())
+        defaults = dotted_settings(config_to_dict(PretrainConfig()))
         command = " ".join(["samadapt", "pretrain", str(run_dir)] + [
-            f"--set {k}={v}" for k, v in config_to_dict(config).items() if v != defaults.get(k)])
+            f"--set {k}={v}" for k, v in dotted_settings(config_to_dict(config)).items() if v != defaults.get(k)])
         training = {"command": command, "config": config_to_dict(config), "steps": step,
                     "total_steps": step + lineage.get("total_steps", 0),
                     "corpus_seed": config.corpus_seed, "eval_seed": config.eval_seed,
@@ -337,7 +327,7 @@ def _run(run_dir: Path, config: PretrainConfig, on_step: Callable[[dict], None])
     def save_best(step: int, score: float) -> None:
         save_sam(sam, spec, best_path, info(step, latest))
 
-    result = run_training(run_dir, named, engine_settings(config),
+    result = run_training(run_dir, named, config.engine,
                           _batch_loss(config, ranks, images, instances, sam, spec, device), device,
                           validate=validate, save_best=save_best, on_step=on_step)
     if not ranks.is_main or not (result.steps_run or not model_path.is_file()):  # a finished run's model stays

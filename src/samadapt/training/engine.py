@@ -59,7 +59,7 @@ class EngineSettings:
 
     - ``steps``: optimiser steps (a pruned run: its length in full-data epochs, see ``pruning``);
       ``batch_size`` slices per micro-batch (the method's), ``grad_accum`` micro-batches per step.
-    - AdamW at ``lr`` with ``weight_decay``; linear warm-up over ``warmup_steps``, then cosine to
+    - AdamW at ``lr`` (0: no update) with ``weight_decay``; linear warm-up over ``warmup_steps``, then cosine to
       ``min_lr_fraction`` x ``lr``; gradients clipped at ``grad_clip`` (0: off); bf16/fp16 autocast on CUDA
       when ``amp`` (never on CPU). ``seed`` drives the data order, the prompt draws and new weights.
     - Checkpoints every ``checkpoint_every`` steps and once ``checkpoint_seconds`` have passed since the last
