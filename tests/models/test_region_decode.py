@@ -7,19 +7,7 @@ import torch
 
 from samadapt.models.decoder import SamDecoder
 from samadapt.models.region_decode import encode_region_prompts, pick_outputs
-from samadapt.models.sam import load_sam
 from samadapt.prompts.region_prompts import RegionPrompts
-
-
-@pytest.fixture(scope="module")
-def sam():
-    torch.manual_seed(0)
-    return load_sam("test_micro").sam
-
-
-def _embedding() -> torch.Tensor:
-    return torch.randn(1, 32, 4, 4, generator=torch.Generator().manual_seed(0))
-
 
 BOXES = torch.tensor([[4.0, 5.0, 30.0, 40.0], [10.0, 10.0, 50.0, 20.0], [0.0, 30.0, 63.0, 63.0]])
 POINTS = torch.tensor([[[10.5, 12.5], [20.5, 22.5]], [[30.5, 15.5], [0.0, 0.0]], [[40.5, 50.5], [41.5, 52.5]]])
@@ -27,22 +15,22 @@ LABELS = torch.tensor([[1, 0], [1, -1], [1, 1]])
 
 
 @torch.no_grad()
-def test_boxes_alone_and_clicks_alone_are_exactly_sams_own_encoding(sam):
-    low, iou = SamDecoder(sam).all_outputs(_embedding(), RegionPrompts.from_boxes(BOXES))
-    ref_low, ref_iou = SamDecoder(sam)(_embedding(), boxes=BOXES)
+def test_boxes_alone_and_clicks_alone_are_exactly_sams_own_encoding(sam, embedding):
+    low, iou = SamDecoder(sam).all_outputs(embedding, RegionPrompts.from_boxes(BOXES))
+    ref_low, ref_iou = SamDecoder(sam)(embedding, boxes=BOXES)
     torch.testing.assert_close(low[:, :1], ref_low)
     torch.testing.assert_close(iou[:, :1], ref_iou)
     prompts = RegionPrompts.from_points(POINTS, LABELS)
-    low, iou = SamDecoder(sam).all_outputs(_embedding(), prompts)
-    ref_low, ref_iou = SamDecoder(sam)(_embedding(), points=(POINTS, LABELS), multimask=True)
+    low, iou = SamDecoder(sam).all_outputs(embedding, prompts)
+    ref_low, ref_iou = SamDecoder(sam)(embedding, points=(POINTS, LABELS), multimask=True)
     torch.testing.assert_close(low[:, 1:], ref_low)
     both = RegionPrompts(POINTS, LABELS, BOXES, torch.ones(3, dtype=torch.bool))
-    low, _ = SamDecoder(sam).all_outputs(_embedding(), both, torch.randn(3, 1, 16, 16, generator=torch.Generator()))
+    low, _ = SamDecoder(sam).all_outputs(embedding, both, torch.randn(3, 1, 16, 16, generator=torch.Generator()))
     assert low.shape == (3, 4, 16, 16)
 
 
 @torch.no_grad()
-def test_a_mixed_batch_is_one_decoder_pass_with_a_box_only_where_given(sam, monkeypatch):
+def test_a_mixed_batch_is_one_decoder_pass_with_a_box_only_where_given(sam, monkeypatch, embedding):
     prompts = RegionPrompts(POINTS, LABELS, BOXES, torch.tensor([True, False, True]))
     sparse, dense = encode_region_prompts(sam, prompts)
     assert sparse.shape == (3, 4, 32) and dense.shape[0] == 1
@@ -53,7 +41,7 @@ def test_a_mixed_batch_is_one_decoder_pass_with_a_box_only_where_given(sam, monk
     calls = []
     original = sam.mask_decoder.predict_masks
     monkeypatch.setattr(sam.mask_decoder, "predict_masks", lambda **kw: calls.append(1) or original(**kw))
-    low, iou = SamDecoder(sam).all_outputs(_embedding(), prompts)
+    low, iou = SamDecoder(sam).all_outputs(embedding, prompts)
     assert calls == [1] and low.shape == (3, 4, 16, 16) and iou.shape == (3, 4)
 
 

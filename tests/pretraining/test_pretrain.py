@@ -109,21 +109,28 @@ def test_metrics_have_one_record_per_step_with_evaluations(finished):
     assert all(m["loss"] > 0 for m in metrics)
 
 
+class _InterruptError(Exception):
+    pass
+
+
+def _stopped_at_step_three(run_dir: Path, error: type[BaseException] = _InterruptError) -> None:
+    """``CONFIG``'s run in ``run_dir`` stopped by ``error`` raised as step 3 is reported (its checkpoint: step 2)."""
+
+    def stop_at_three(record: dict) -> None:
+        if record["step"] == 3:
+            raise error
+
+    with pytest.raises(error):
+        _run(run_dir, CONFIG, on_step=stop_at_three)
+
+
 def test_pretrain_leaves_the_global_rng_untouched(finished):
     assert torch.equal(finished["rng_before"], finished["rng_after"])
 
 
 def test_interrupted_run_resumes_to_bit_identical_weights(finished, tmp_path):
-    class InterruptError(Exception):
-        pass
-
-    def stop_at_three(record: dict) -> None:
-        if record["step"] == 3:
-            raise InterruptError
-
     run_dir = tmp_path / "run"
-    with pytest.raises(InterruptError):
-        _run(run_dir, CONFIG, on_step=stop_at_three)
+    _stopped_at_step_three(run_dir)
     assert not (run_dir / "model.pth").exists()
     assert int(torch.load(run_dir / "state.pt", weights_only=True)["step"]) == 2
     assert [m["step"] for m in _metrics(run_dir)] == [1, 2, 3]  # step 3 ran past the last checkpoint
@@ -323,16 +330,8 @@ def _as_pre_engine_folder(run_dir: Path) -> None:
 
 
 def test_a_folder_of_the_pre_engine_layout_resumes_where_it_stopped(finished, tmp_path):
-    class InterruptError(Exception):
-        pass
-
-    def stop_at_three(record: dict) -> None:
-        if record["step"] == 3:
-            raise InterruptError
-
     run_dir = tmp_path / "run"
-    with pytest.raises(InterruptError):
-        _run(run_dir, CONFIG, on_step=stop_at_three)
+    _stopped_at_step_three(run_dir)
     _as_pre_engine_folder(run_dir)
     line = one_line_error(CliRunner().invoke(app, ["pretrain", str(run_dir), *_cli_settings(CONFIG)]))
     assert line == (f"samadapt: error: {run_dir}: folder is not empty; pass --resume to continue its run, or use a "
@@ -351,16 +350,8 @@ def test_a_folder_of_the_pre_engine_layout_resumes_where_it_stopped(finished, tm
 def test_a_folder_whose_config_yaml_is_flat_resumes(finished, tmp_path):
     """A run folder saved before the ``engine`` group (flat ``steps``, ``lr``, ...) reads as the same settings
     and ``--resume`` continues it to the weights of the uninterrupted run."""
-    class InterruptError(Exception):
-        pass
-
-    def stop_at_three(record: dict) -> None:
-        if record["step"] == 3:
-            raise InterruptError
-
     run_dir = tmp_path / "run"
-    with pytest.raises(InterruptError):
-        _run(run_dir, CONFIG, on_step=stop_at_three)
+    _stopped_at_step_three(run_dir)
     (run_dir / "config.yaml").write_text(OLD_PRETRAIN_CONFIG)
     assert load_config(PretrainConfig, run_dir / "config.yaml") == CONFIG
     result = CliRunner().invoke(app, ["pretrain", str(run_dir), "--resume"])
@@ -374,13 +365,7 @@ def test_a_folder_whose_config_yaml_is_flat_resumes(finished, tmp_path):
 
 def test_a_damaged_state_is_one_line_and_a_stepless_folder_restarts(tmp_path):
     run_dir = tmp_path / "run"
-
-    def stop_at_three(record: dict) -> None:
-        if record["step"] == 3:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        _run(run_dir, CONFIG, on_step=stop_at_three)
+    _stopped_at_step_three(run_dir, KeyboardInterrupt)
     state = run_dir / "state.pt"
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
     line = one_line_error(CliRunner().invoke(app, ["pretrain", str(run_dir), "--resume"]))
