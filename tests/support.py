@@ -44,6 +44,20 @@ def error_after_bars(stderr: str, *words: str) -> str:
     return lines[-1]
 
 
+def torchrun(*samadapt_args: str, ranks: int = 2, timeout: float = 300.0) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node ranks -m samadapt ...`` with one thread per rank; asserts that
+    it succeeded. On failure the message is the ranks' own output (progress bars dropped), where an abort or
+    a traceback of a rank shows, rather than the tail of torchrun's summary."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks),
+               "-m", "samadapt", *samadapt_args]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          timeout=timeout)
+    lines = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", done.stderr).replace("\r", "\n").splitlines()
+    shown = "\n".join(line for line in lines if line.strip() and "|" not in line)
+    assert done.returncode == 0, f"exit {done.returncode}:\n{shown[:6000]}"
+    return done
+
+
 def killed_midway(script: str, ready: Callable[[], bool], log: Path, timeout: float = 240.0) -> None:
     """Run ``python -c script`` and ``kill -9`` it as soon as ``ready()`` holds (polled every 20 ms); fails if
     the process ended on its own first. Its output goes to ``log`` (a pipe could fill up and stall it)."""

@@ -34,13 +34,17 @@ def user_errors_exit_2(func: Callable[..., Any]) -> Callable[..., Any]:
     So are storage failures (``OSError`` of a full disk, read-only file system, denied permission, a file
     where a folder is needed, a name too long; see :func:`samadapt.errors.storage_error`): the line names the
     file the error names, else the command's output (``out``, ``run_dir``, ``prepared``). Folder locks the
-    command took are released when it ends.
+    command took are released when it ends, and under ``torchrun`` the rank leaves its process group
+    (:func:`samadapt.runtime.leave`).
     """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        failed = True
         try:
-            return func(*args, **kwargs)
+            result = func(*args, **kwargs)
+            failed = False
+            return result
         except SamadaptError as err:
             print(f"samadapt: error: {err}", file=sys.stderr)
             raise typer.Exit(code=2) from None
@@ -56,6 +60,9 @@ def user_errors_exit_2(func: Callable[..., Any]) -> Callable[..., Any]:
         finally:
             while _HELD_LOCKS:
                 _HELD_LOCKS.pop().release()
+            runtime = sys.modules.get("samadapt.runtime")  # (a command that never loaded it joined no job)
+            if runtime is not None:
+                runtime.leave(failed)  # the process group goes before the interpreter does
 
     return wrapper
 

@@ -10,7 +10,8 @@ per local rank). A step's micro-batch of
 *global* batch size and the engine sums the gradients over the ranks (:meth:`Ranks.sum_gradients`), so a
 step computes the same gradient as one process with the whole micro-batch. Rank 0 alone writes
 checkpoints, metrics and models; state that must agree across ranks (CBDP's loss scores) is gathered with
-:meth:`Ranks.gather`. :func:`resolve_device` turns a ``--device`` setting into a checked ``torch.device``.
+:meth:`Ranks.gather`. Every command leaves the job with :func:`leave` when it ends. :func:`resolve_device`
+turns a ``--device`` setting into a checked ``torch.device``.
 """
 
 from __future__ import annotations
@@ -125,6 +126,22 @@ def setup(device: str) -> tuple[Ranks, str]:
     if world > 1 and device.startswith("cuda"):
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     return current(), device
+
+
+def leave(failed: bool = False) -> None:
+    """Leave the ``torchrun`` job this process joined (:func:`setup`): destroy its process group, so the
+    backend's worker threads stop while the interpreter is still whole. A rank that exits with a live gloo
+    group can abort (SIGABRT) in interpreter finalisation, when those threads release the tensors of their
+    last work; torchrun then fails the job although every rank finished. A no-op outside a job.
+
+    ``failed``: the command ended with an error. NCCL's destruction may then wait for a peer blocked in a
+    collective, so an NCCL group is left to the process's exit (torchrun reaps the peers); gloo's is local.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if failed and "nccl" in str(dist.get_backend()):
+        return
+    dist.destroy_process_group()
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

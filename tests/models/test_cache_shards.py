@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +15,7 @@ from samadapt.models.cache_shards import assign_cases, fold_shard_progress, shar
 from samadapt.models.embedding_cache import CACHE_FILE, EmbeddingCache, compute_embeddings, open_cache
 from samadapt.models.registry import REGISTRY
 from samadapt.models.sam import build_sam, load_sam, save_sam
+from support import torchrun
 
 
 def test_assignment_covers_every_case_once_and_balances_the_work():
@@ -77,12 +75,8 @@ def test_torchrun_two_ranks_finish_an_interrupted_cache_byte_identical(phantom_s
         compute_embeddings(prepared, loaded, out=out, batch_size=3, with_features=True,
                            progress=stop_after_4_batches)
     assert list(out.glob("*.partial"))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "samadapt", "embed", str(prepared.root), "--model", str(checkpoint), "--out", str(out),
-               "--batch-size", "3", "--features"]
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = torchrun("embed", str(prepared.root), "--model", str(checkpoint), "--out", str(out), "--batch-size", "3",
+                    "--features")
     assert done.stdout.count("wrote embeddings of 5 cases") == 1  # rank 0 alone reports
 
     files = sorted(p.name for p in out.iterdir())

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shlex
 import shutil
 import signal
@@ -25,7 +24,7 @@ from samadapt.io.folder_lock import LOCK_FILE
 from samadapt.models.registry import REGISTRY
 from samadapt.models.sam import build_sam, load_sam, read_state_dict
 from samadapt.pretraining.pretrain import learning_rate, prepare_pretrain_folder, pretrain
-from support import OLD_PRETRAIN_CONFIG, one_line_error
+from support import OLD_PRETRAIN_CONFIG, one_line_error, torchrun
 
 CONFIG = PretrainConfig(
     model="test_micro", objects_per_image=2, corpus_images=6, eval_images=2, box_warmup_fraction=0.5,
@@ -401,11 +400,7 @@ def test_patience_stops_and_best_selects(tmp_path):
 
 def test_torchrun_two_ranks_split_the_batch_and_rank_0_writes(tmp_path):
     run_dir = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "samadapt", "pretrain", str(run_dir), *_cli_settings(CONFIG)]
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = torchrun("pretrain", str(run_dir), *_cli_settings(CONFIG))
     assert done.stdout.count("model written to") == 1
     metrics = _metrics(run_dir)
     assert [m["step"] for m in metrics] == [1, 2, 3, 4]

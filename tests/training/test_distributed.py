@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import torch
 
@@ -14,6 +11,7 @@ from samadapt.models.sam import read_state_dict
 from samadapt.runtime import Ranks
 from samadapt.settings import expand_dotted
 from samadapt.training.finetune import finetune, prepare_run_folder
+from support import torchrun
 
 SETTINGS = {"box_noise.style": "none", "engine.batch_size": 4, "engine.steps": 24, "engine.eval_every": 12,
             "engine.checkpoint_every": 12, "pruning.policy": "class", "pruning.min_class_share": 0.0,
@@ -34,12 +32,8 @@ def test_torchrun_two_ranks_match_one_process(micro_prepared, base, tmp_path):
     finetune(single, config)
 
     ddp = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "samadapt", "train", str(micro_prepared.root), "--out", str(ddp), "--set", f"model={base}"]
-    command += [arg for key, value in SETTINGS.items() for arg in ("--set", f"{key}={value}")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = torchrun("train", str(micro_prepared.root), "--out", str(ddp), "--set", f"model={base}",
+                    *[arg for key, value in SETTINGS.items() for arg in ("--set", f"{key}={value}")])
     assert done.stdout.count("model written to") == 1  # rank 0 alone reports and writes
 
     a, b = read_state_dict(single / "model.pth"), read_state_dict(ddp / "model.pth")

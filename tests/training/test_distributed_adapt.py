@@ -9,9 +9,6 @@ checkpoint).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -22,6 +19,7 @@ from samadapt.errors import ConfigError
 from samadapt.promise.adapt import adapt
 from samadapt.settings import expand_dotted
 from samadapt.training.finetune import prepare_run_folder
+from support import torchrun
 
 # promptable_weight=0: no ground-truth-prompt term, whose random prompts each rank would draw on its own
 SETTINGS = {"mode": "apm+ips", "promptable_weight": 0.0, "engine.batch_size": 4, "engine.steps": 6,
@@ -30,12 +28,8 @@ SETTINGS = {"mode": "apm+ips", "promptable_weight": 0.0, "engine.batch_size": 4,
 
 def test_torchrun_two_ranks_adapt_like_one_process(micro_prepared, base, tmp_path):
     ddp = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "samadapt", "adapt", str(micro_prepared.root), "--out", str(ddp), "--set", f"model={base}"]
-    command += [arg for key, value in SETTINGS.items() for arg in ("--set", f"{key}={value}")]
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = torchrun("adapt", str(micro_prepared.root), "--out", str(ddp), "--set", f"model={base}",
+                    *[arg for key, value in SETTINGS.items() for arg in ("--set", f"{key}={value}")])
     assert done.stdout.count("adapter written to") == 1  # rank 0 alone reports and writes
 
     single = tmp_path / "single"
