@@ -35,7 +35,8 @@ About 25 min on 2 idle CPU cores (medsam_lite's encoder ~1.5 s a slice, twice ov
 ~8 s); the recorded run took ~75 min of process time on cores shared with other work (``timings_s``,
 ``wall_s`` of each run). The default 32 steps of 4 slices are ~1.15 epochs of the 111 pooled training
 slices: CBDP runs whole epochs (here 1, 28 iterations) and never prunes the first (nor the last), so at this
-length it cannot save iterations; give ``--ft-steps`` of 3+ epochs (>= 84) to see pruning.
+length it cannot save iterations. ``benchmarks/cbdp_real.py`` is the pruning benchmark: the same sets and
+split, PHPG against PHPG + CBDP over whole epochs.
 """
 
 from __future__ import annotations

@@ -427,12 +427,12 @@ def adapt_command(
     """
 
     from samadapt.config import PromiseConfig
-    from samadapt.promise.adapt import adapt
+    from samadapt.promise.adapt import adapt, prepare_adapt_folder
 
     settings = _run_settings(PromiseConfig, prepared, out, config, set_, resume)
     bars = _RunBars("adapt", settings.engine.steps)
     try:
-        ranks = _start_run(out, settings, resume)
+        ranks = _start_run(out, settings, resume, prepare=prepare_adapt_folder)
         result = adapt(out, settings, on_step=bars.on_step, embed_progress=bars.embed_progress)
     finally:
         bars.close()

@@ -143,3 +143,20 @@ def test_bad_checkpoint_files_raise_checkpoint_error(tmp_path, content, expected
 def test_unknown_model_name_lists_the_registry():
     with pytest.raises(CheckpointError, match="vit_b"):
         load_sam("vit_z")
+
+
+def test_a_tensor_of_another_shape_is_named_with_both_shapes(tmp_path):
+    """Same keys and architecture fields, one tensor cut short: the line names it and both shapes in full."""
+    micro = REGISTRY["test_micro"]
+    path = save_sam(build_sam(micro), micro, tmp_path / "model.pth")
+    state = read_state_dict(path)
+    key = "mask_decoder.iou_prediction_head.layers.0.weight"
+    width = state[key].shape
+    state[key] = state[key][:, :-1].clone()
+    torch.save(state, path)
+    with pytest.raises(CheckpointError) as err:
+        load_sam(str(path))
+    message = str(err.value)
+    assert message.startswith(f"{path}: tensor shapes do not fit 'test_micro' ({key}: "
+                              f"{(width[0], width[1] - 1)} in the file, {tuple(width)} in the model; 1 differ in all)")
+    assert "\n" not in message

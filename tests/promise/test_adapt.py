@@ -14,9 +14,8 @@ from samadapt.cli import app
 from samadapt.config import PromiseConfig
 from samadapt.models.sam import load_sam, sam_digest
 from samadapt.promise import load_adapter
-from samadapt.promise.adapt import adapt
+from samadapt.promise.adapt import adapt, prepare_adapt_folder
 from samadapt.training.engine import EngineSettings
-from samadapt.training.finetune import prepare_run_folder
 
 
 class KilledError(RuntimeError):
@@ -24,7 +23,7 @@ class KilledError(RuntimeError):
 
 
 def _run(run_dir: Path, config: PromiseConfig, **kw):
-    prepare_run_folder(run_dir, config, resume=False)
+    prepare_adapt_folder(run_dir, config, resume=False)
     return adapt(run_dir, config, **kw)
 
 
@@ -87,7 +86,7 @@ def test_a_killed_run_resumes_to_the_same_weights(promise_config, tmp_path):
 
     with pytest.raises(KilledError):
         _run(tmp_path / "killed", config, on_step=kill)
-    resumed = adapt(tmp_path / "killed", prepare_run_folder(tmp_path / "killed", config, resume=True))
+    resumed = adapt(tmp_path / "killed", prepare_adapt_folder(tmp_path / "killed", config, resume=True))
     a = torch.load(straight.adapter, weights_only=True)
     b = torch.load(resumed.adapter, weights_only=True)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -107,6 +106,7 @@ def test_cli_bad_settings_exit_2_with_one_line(promise_prepared, micro_base, tmp
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("samadapt: error:") and expected in lines[0]
+    assert not (tmp_path / "r").exists()  # refused before the run folder was made
 
 
 def test_cli_runs_resumes_and_refuses_changes(promise_prepared, micro_base, tmp_path):

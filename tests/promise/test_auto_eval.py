@@ -19,9 +19,8 @@ from samadapt.evaluation.model_comparison import model_label
 from samadapt.models.embedding_cache import open_cache
 from samadapt.models.sam import load_sam
 from samadapt.overlap import dice
-from samadapt.promise.adapt import adapt
+from samadapt.promise.adapt import adapt, prepare_adapt_folder
 from samadapt.promise.auto_protocol import CENTRE, GT_BOXES, PRIOR, evaluate_automatic
-from samadapt.training.finetune import prepare_run_folder
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +30,7 @@ def adapter_run(tmp_path_factory, promise_prepared, micro_base) -> Path:
     run = tmp_path_factory.mktemp("auto_eval") / "run"
     engine = replace(PromiseConfig().engine, steps=2, batch_size=2, eval_every=5)
     config = PromiseConfig(data=str(promise_prepared.root), model=str(micro_base), engine=engine)
-    prepare_run_folder(run, config, resume=False)
+    prepare_adapt_folder(run, config, resume=False)
     adapt(run, config)
     return run
 

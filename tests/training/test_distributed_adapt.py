@@ -16,9 +16,8 @@ import torch
 
 from samadapt.config import PromiseConfig, make_config
 from samadapt.errors import ConfigError
-from samadapt.promise.adapt import adapt
+from samadapt.promise.adapt import adapt, prepare_adapt_folder
 from samadapt.settings import expand_dotted
-from samadapt.training.finetune import prepare_run_folder
 from support import torchrun
 
 # promptable_weight=0: no ground-truth-prompt term, whose random prompts each rank would draw on its own
@@ -35,7 +34,7 @@ def test_torchrun_two_ranks_adapt_like_one_process(micro_prepared, base, tmp_pat
     single = tmp_path / "single"
     values = {"data": str(micro_prepared.root), "model": str(base), **SETTINGS}
     config = make_config(PromiseConfig, expand_dotted(values))
-    prepare_run_folder(single, config, resume=False)
+    prepare_adapt_folder(single, config, resume=False)
     adapt(single, config)  # reads the cache (with features) the two ranks wrote
     a = torch.load(single / "adapter.pt", weights_only=True)
     b = torch.load(ddp / "adapter.pt", weights_only=True)

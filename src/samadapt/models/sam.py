@@ -358,12 +358,15 @@ def load_sam(model: str = DEFAULT_MODEL, device: str | torch.device = "cpu", dow
         )
     _check_finite(state, path)
     sam = build_sam(spec)
-    try:
-        missing, unexpected = sam.load_state_dict(state, strict=False)
-    except RuntimeError as err:  # same keys, another tensor shape somewhere
-        first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
-        raise CheckpointError(f"{path}: tensor shapes do not fit '{spec.name}' ({first[:160]}); pass a "
-                              "checkpoint of that architecture or the checkpoint's own path") from None
+    expected = sam.state_dict()
+    misfits = [key for key, tensor in state.items() if key in expected and tensor.shape != expected[key].shape]
+    if misfits:  # same keys, another tensor shape somewhere: name the first, with both shapes
+        key = misfits[0]
+        raise CheckpointError(
+            f"{path}: tensor shapes do not fit '{spec.name}' ({key}: {tuple(state[key].shape)} in the file, "
+            f"{tuple(expected[key].shape)} in the model; {len(misfits)} differ in all); pass a checkpoint of "
+            "that architecture or the checkpoint's own path")
+    missing, unexpected = sam.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(
             f"{path}: {len(missing)} SAM tensors missing and {len(unexpected)} unexpected "

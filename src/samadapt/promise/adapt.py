@@ -41,6 +41,7 @@ from samadapt.promise.samples import class_boxes, load_promise_slice, promise_sl
 from samadapt.runtime import resolve_device, setup
 from samadapt.settings import config_to_dict
 from samadapt.training.engine import run_training
+from samadapt.training.finetune import check_run_inputs, prepare_run_folder
 from samadapt.training.slice_data import SliceOrder, TrainingSlice
 
 if TYPE_CHECKING:
@@ -129,6 +130,19 @@ def validation_score(
     return float(np.mean([np.mean(v) for v in per_class.values()])) if per_class else float("nan")
 
 
+def check_adapt_inputs(config: PromiseConfig) -> None:
+    """Raise the error ``adapt`` would meet at its start: those of any run
+    (:func:`~samadapt.training.finetune.check_run_inputs`), and ``classes`` the prepared data lacks."""
+    check_run_inputs(config)
+    PreparedDataset(config.data).select_classes(config.classes, "adapt setting classes")
+
+
+def prepare_adapt_folder(run_dir: Path, config: PromiseConfig, resume: bool) -> PromiseConfig:
+    """:func:`~samadapt.training.finetune.prepare_run_folder` with ProMISe's input checks: nothing is written
+    unless :func:`check_adapt_inputs` passes. Returns the config to run with."""
+    return prepare_run_folder(run_dir, config, resume, check_inputs=check_adapt_inputs)
+
+
 def adapt(
     run_dir: Path,
     config: PromiseConfig,
@@ -137,7 +151,7 @@ def adapt(
     loaded: LoadedModel | None = None,
 ) -> AdaptResult:
     """Run (or continue) the ProMISe training that ``config`` describes in ``run_dir`` (already set up by
-    :func:`samadapt.training.finetune.prepare_run_folder`).
+    :func:`prepare_adapt_folder`).
 
     ``loaded`` may pass the base model already in memory (it must be ``config.model``); it is frozen
     (``requires_grad=False`` everywhere) and its weights are checked unchanged at the end.

@@ -159,10 +159,10 @@ _STEPLESS = frozenset({CONFIG_FILE, METRICS_FILE, "tensorboard", "best.pth", "be
                        "best_adapter.json", "pruning.json", LOCK_FILE})
 
 
-def _check_run_inputs(config: RunConfig) -> None:
+def check_run_inputs(config: RunConfig) -> None:
     """Raise the error the run of ``config`` would meet at its start: the data not prepared (or changed since),
-    a model that does not load or does not fit the data's frame, a device that is not here, classes the
-    data lacks (ProMISe). Loads the model once on the CPU."""
+    a model that does not load or does not fit the data's frame, a device that is not here. Loads the model
+    once on the CPU. (A run with more inputs extends it: ``samadapt.promise.adapt.check_adapt_inputs``.)"""
     if not config.data:
         raise ConfigError("setting data: give the prepared dataset folder (samadapt train|adapt PREPARED)")
     prepared = PreparedDataset(config.data)
@@ -171,8 +171,6 @@ def _check_run_inputs(config: RunConfig) -> None:
     if size != prepared.image_size:
         raise ConfigError(f"{prepared.root}: prepared at {prepared.image_size} px but model '{config.model}' takes "
                           f"{size} px; prepare with --image-size {size}")
-    if hasattr(config, "has_apm"):  # a ProMISe run: its classes must be the data's
-        prepared.select_classes(config.classes, "adapt setting classes")
 
 
 def prepare_run_folder(
@@ -186,14 +184,14 @@ def prepare_run_folder(
     to run with.
 
     Nothing is written unless the inputs check out (``check_inputs(config)`` raises what the run would meet
-    at its start; by default :func:`_check_run_inputs`: prepared data, model, device). A new run needs an
+    at its start; by default :func:`check_run_inputs`: prepared data, model, device). A new run needs an
     empty (or absent) folder, or one whose run never saved a step (no ``state.pt``, only what such a run
     leaves: config, metrics, TensorBoard events, best model, and files matching a ``regenerable`` glob
     pattern, e.g. pretraining's generated corpus): that is cleared and the run starts afresh. ``resume``
     continues the folder's run with its saved config (read back as the class of ``config``: any run's
     config dataclass, e.g. ``PromiseConfig``); settings given again must agree with it.
     """
-    check_inputs = check_inputs or _check_run_inputs
+    check_inputs = check_inputs or check_run_inputs
     saved = run_dir / CONFIG_FILE
     if resume:
         if not saved.is_file():
