@@ -37,7 +37,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "models": {"errors", "io", "progress", "prompts", "runtime"},
     "evaluation": {"data", "errors", "io", "models", "overlap", "progress", "prompts", "runtime", "settings"},
     "training": {"data", "errors", "evaluation", "io", "models", "overlap", "prompts", "runtime", "settings"},
-    "config": {"data", "errors", "prompts", "settings", "training"},
+    "config": {"data", "errors", "evaluation", "prompts", "settings", "training"},
     "pretraining": {"config", "data", "errors", "io", "models", "prompts", "runtime", "training"},
     "promise": {"config", "data", "errors", "evaluation", "io", "models", "overlap", "progress", "prompts",
                 "runtime", "settings", "training"},

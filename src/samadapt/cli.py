@@ -565,7 +565,7 @@ def eval_command(
 
     summary = evaluate_models(prepared, settings.model or [DEFAULT_MODEL], out, split=settings.split, jitters=levels,
                               device=settings.device, seed=settings.seed, bars=bars, protocols=protocols,
-                              max_slices=sample_size, workers=workers)
+                              max_slices=sample_size, workers=workers, interactive=settings.interactive)
     finish(summary)
 
 

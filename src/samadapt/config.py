@@ -22,6 +22,7 @@ from typing import ClassVar
 
 from samadapt.data.prepare_config import PrepareConfig  # noqa: F401  (re-exported: every command's settings are here)
 from samadapt.errors import ConfigError
+from samadapt.evaluation.interactive_protocol import InteractiveSettings
 from samadapt.prompts.box_noise import BoxNoise
 from samadapt.settings import (  # noqa: F401  (the settings machinery, imported from here by the commands)
     check_choices,
@@ -314,7 +315,8 @@ def _comma_text(value: object) -> object:
 class EvalConfig:
     """``samadapt eval``: its options as settings (``--config``, ``--set``; an option given on the command line
     wins over the file). ``model`` and ``adapter`` are lists (None: ``medsam_lite``; no adapter), ``jitter``
-    and ``protocol`` comma lists or YAML lists, ``max_slices`` None for every slice."""
+    and ``protocol`` comma lists or YAML lists, ``max_slices`` None for every slice. The ``interactive`` group
+    sets the interactive protocol (``--set interactive.max_clicks=10``; :class:`InteractiveSettings`)."""
 
     model: list[str] | None = None
     split: str = "test"
@@ -327,6 +329,7 @@ class EvalConfig:
     adapter: list[str] | None = None
     max_slices: int | str | None = None
     workers: int = 1
+    interactive: InteractiveSettings = dataclasses.field(default_factory=InteractiveSettings)
 
     def __post_init__(self) -> None:
         bad = setting_error("eval")

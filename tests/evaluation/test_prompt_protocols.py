@@ -122,3 +122,24 @@ def test_eval_cli_bad_protocol_is_one_line_exit_2(tmp_path, phantom_prepared):
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "unknown protocol(s) noc" in lines[0]
     assert not (tmp_path / "r").exists()
+
+
+def test_eval_interactive_settings_group(tmp_path, phantom_prepared, micro_models):
+    """``--set interactive.*`` reaches the protocol: 3 clicks scored, NoC capped at 4 at IoU 0.5; recorded."""
+    out = tmp_path / "report"
+    result = CliRunner().invoke(app, [
+        "eval", str(phantom_prepared.root), "--model", str(micro_models[0]), "--jitter", "0", "--protocol",
+        "interactive", "--max-slices", "3", "--out", str(out), "--set", "interactive.dice_clicks=3",
+        "--set", "interactive.max_clicks=4", "--set", "interactive.thresholds=[0.5]"])
+    assert result.exit_code == 0, result.output
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert evaluation["interactive"] == {"dice_clicks": 3, "max_clicks": 4, "thresholds": [0.5]}
+    means = evaluation["protocols"]["interactive"]["a/model"]["mean_over_classes"]
+    assert len(means["dice_at"]) == 3
+    assert 1 <= means["noc_50"] <= 4
+    table = next(csv.DictReader((out / "interactive.csv").open()))
+    assert "noc_50" in table and "noc_90" not in table
+    bad = CliRunner().invoke(app, ["eval", str(phantom_prepared.root), "--out", str(tmp_path / "bad"),
+                                   "--set", "interactive.dice_clicks=5", "--set", "interactive.max_clicks=4"])
+    assert bad.exit_code == 2 and "dice_clicks <= max_clicks" in bad.stderr
+    assert not (tmp_path / "bad").exists()

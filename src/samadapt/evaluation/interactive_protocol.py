@@ -216,10 +216,10 @@ def _fmt(value: float, scale: float = 100.0, digits: int = 1) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value * scale:.{digits}f}"
 
 
-def interactive_section(
-    summaries: Mapping[str, dict], settings: InteractiveSettings = InteractiveSettings()
-) -> list[str]:
-    """Markdown lines: mean Dice after k clicks per model, NoC per model, and NoC per class and model."""
+def interactive_section(summaries: Mapping[str, dict]) -> list[str]:
+    """Markdown lines: mean Dice after k clicks per model, NoC per model, and NoC per class and model. The
+    settings are those the summaries record (:func:`interactive_summary`; one run, so the same for all)."""
+    settings = InteractiveSettings(**next(iter(summaries.values()))["settings"]) if summaries else InteractiveSettings()
     ks = [k for k in (1, 2, 3, 5, settings.dice_clicks) if k <= settings.dice_clicks]
     ks = sorted(set(ks))
     levels = [_level(t) for t in settings.thresholds]

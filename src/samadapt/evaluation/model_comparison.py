@@ -39,7 +39,7 @@ import math
 import os
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from samadapt.data.prepared import PreparedDataset
@@ -51,6 +51,7 @@ from samadapt.evaluation.box_protocol import (
     score_predictions,
     slices_with_objects,
 )
+from samadapt.evaluation.interactive_protocol import InteractiveSettings
 from samadapt.evaluation.markdown import markdown_table
 from samadapt.evaluation.metrics import mean_scores, per_class_mean
 from samadapt.evaluation.overlays import save_overlays
@@ -235,6 +236,7 @@ def evaluate_models(
     protocols: Iterable[str] = ("box",),
     max_slices: int | None = None,
     workers: int = 1,
+    interactive: InteractiveSettings = InteractiveSettings(),
 ) -> Path:
     """Evaluate ``models`` side by side with box prompts on ``split``; write the report folder ``out``.
 
@@ -258,6 +260,7 @@ def evaluate_models(
         max_slices: evaluate a seeded random sample (``seed``) of this many of the split's slices with objects,
             the same for every model; None: every slice.
         workers: processes scoring slices at once in the interactive and robustness protocols (CPU).
+        interactive: the interactive protocol's settings (clicks scored, NoC cap and levels).
 
     Returns:
         The path of ``out/summary.md``.
@@ -310,8 +313,8 @@ def evaluate_models(
                                                          len(slices), volumes=not sampled)
         identity = {"model": sam_digest(loaded.sam), "embeddings": cache.signature, "prepared": dataset.hash}
         extras[label] = run_protocols(chosen_protocols, loaded.sam, dataset, cache, split, seed, label, len(slices),
-                                      bars, sample=slices, store_folder=out / SLICES_DIR, identity=identity,
-                                      workers=workers)
+                                      bars, settings=interactive, sample=slices, store_folder=out / SLICES_DIR,
+                                      identity=identity, workers=workers)
         provenance.append({"label": label, "model": model, "architecture": loaded.spec.name,
                            "checkpoint": str(loaded.checkpoint) if loaded.checkpoint else None})
         del loaded, cache
@@ -403,6 +406,7 @@ def evaluate_models(
         "prepared": str(dataset.root), "prepared_hash": dataset.hash, "split": split,
         "jitters_px": list(levels), "summary_jitter_px": base, "seed": seed, "device": device,
         "nsd_tolerance_mm": nsd_tolerance_mm, "models": provenance,
+        **({"interactive": asdict(interactive)} if "interactive" in chosen_protocols else {}),
         "results": {label: {"2d": {_jitter_name(j): _summary(s.rows) for j, s in per_model[label].items()},
                             "3d": {_jitter_name(j): _summary(s.volume_rows) for j, s in per_model[label].items()}}
                     for label in labels},
