@@ -9,23 +9,23 @@ import time
 from pathlib import Path
 
 from samadapt.config import PromiseConfig, config_to_dict, load_config
-from samadapt.promise.adapt import AdaptResult, adapt
+from samadapt.promise.adapt import AdaptResult, adapt, prepare_adapt_folder
 from samadapt.training.finetune import CONFIG_FILE, prepare_run_folder
 
 
-def run_folder_for(run_dir: Path, config):
+def run_folder_for(run_dir: Path, config, prepare=prepare_run_folder):
     """The config to run ``config`` with in ``run_dir``: a folder of the same settings is resumed (or reused
     when finished), one of other settings is replaced. Any run config class (``FinetuneConfig``,
-    ``PromiseConfig``)."""
+    ``PromiseConfig``) with its folder step ``prepare`` (``prepare_adapt_folder`` for ProMISe)."""
     saved = run_dir / CONFIG_FILE
     if saved.is_file() and config_to_dict(load_config(type(config), saved)) != config_to_dict(config):
         shutil.rmtree(run_dir)
-    return prepare_run_folder(run_dir, config, resume=saved.is_file())
+    return prepare(run_dir, config, resume=saved.is_file())
 
 
 def adapted(run_dir: Path, config: PromiseConfig) -> tuple[AdaptResult, dict]:
     """Train (or finish, or reuse) the run of ``config`` in ``run_dir``; a folder of other settings is replaced."""
-    config = run_folder_for(run_dir, config)
+    config = run_folder_for(run_dir, config, prepare_adapt_folder)
     started = time.time()
     result = adapt(run_dir, config)
     summary = {"mode": config.mode, "steps": result.steps, "wall_s": round(result.wall_s, 1),

@@ -47,7 +47,7 @@ from samadapt.models.onnx_encoder import use_encoder_runtime
 from samadapt.models.sam import LoadedModel, load_sam
 from samadapt.progress import BarFactory, as_progress, bar_on_demand, no_bars
 from samadapt.promise import load_adapter
-from samadapt.promise.adapt import adapt
+from samadapt.promise.adapt import adapt, prepare_adapt_folder
 from samadapt.promise.predict import predict_automatic_split
 from samadapt.runtime import resolve_device
 from samadapt.training.engine import STATE_FILE, EngineSettings
@@ -253,12 +253,15 @@ def _steps_bar(bar) -> Callable[[dict], None]:
     return on_step
 
 
-def _start_run(run_dir: Path, cls: type[RunConfig], config: RunConfig, label: str, status: Status) -> RunConfig:
+def _start_run(run_dir: Path, cls: type[RunConfig], config: RunConfig, label: str, status: Status,
+               prepare: Callable[..., RunConfig] = prepare_run_folder) -> RunConfig:
+    """Set up ``run_dir`` with ``prepare`` (the run's own folder step: it checks the run's inputs first),
+    resuming a run of the same settings found there."""
     resume = _reusable_run(run_dir, cls, config)
     if resume and (run_dir / STATE_FILE).is_file() and not (run_dir / "model.pth").is_file() and not (
             run_dir / "adapter.pt").is_file():
         status(f"{label}: continuing the interrupted run in {run_dir} from its last checkpoint")
-    return prepare_run_folder(run_dir, config, resume=resume)
+    return prepare(run_dir, config, resume=resume)
 
 
 def _fine_tune(
@@ -297,7 +300,7 @@ def _promise_auto(run_dir: Path, config: PromiseConfig, loaded: LoadedModel, pre
                   label: str, status: Status = lambda line: None) -> MethodResult:
     """Train ProMISe APM + IPS (resuming a finished or interrupted run with the same settings) and score it
     without prompts: each object's row compares its class's automatic mask with the class's ground truth."""
-    config = _start_run(run_dir, PromiseConfig, config, label, status)
+    config = _start_run(run_dir, PromiseConfig, config, label, status, prepare=prepare_adapt_folder)
     with bar_on_demand(bars, "embed features") as progress:  # the APM reads the encoder's block outputs
         compute_embeddings(prepared, loaded, with_features=True, device=config.device, progress=progress)
     with bars(label, config.engine.steps) as bar:

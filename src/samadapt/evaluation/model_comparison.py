@@ -149,8 +149,9 @@ def parse_jitters(text: str) -> tuple[float, ...]:
     return check_jitters(values)
 
 
-def _check_out(out: Path, prepared_root: Path) -> None:
-    """Refuse report folders whose replacement would destroy something else."""
+def check_report_folder(out: Path, prepared_root: Path) -> None:
+    """Refuse a report folder ``out`` whose replacement would destroy something else (a file, the prepared
+    data, a folder that is not an eval report); shared by the box and the automatic evaluation."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: is a file; give a folder for the report with --out")
     resolved, data = out.resolve(), prepared_root.resolve()
@@ -289,7 +290,7 @@ def evaluate_models(
     total = len(slices)
     slices = sample_slices(slices, max_slices, seed)
     sampled = len(slices) < total
-    _check_out(out, dataset.root)
+    check_report_folder(out, dataset.root)
     for model in models:
         resolve_checkpoint(model)  # a wrong name or path fails before any work
     labels = model_labels(models)

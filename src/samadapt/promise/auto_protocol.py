@@ -53,7 +53,7 @@ from samadapt.errors import ConfigError, DatasetError
 from samadapt.evaluation.box_protocol import SlicePrediction
 from samadapt.evaluation.markdown import markdown_table
 from samadapt.evaluation.metrics import mean_scores, per_class_mean, segmentation_scores
-from samadapt.evaluation.model_comparison import REPORT_MARKER, _check_out, model_labels
+from samadapt.evaluation.model_comparison import REPORT_MARKER, check_report_folder, model_labels
 from samadapt.evaluation.overlays import save_overlays
 from samadapt.evaluation.report import MethodResult, class_mean, summary_table, write_report
 from samadapt.evaluation.slice_sample import (
@@ -512,7 +512,7 @@ def evaluate_automatic(
     slices = _case_slices(dataset, split)  # DatasetError for an unknown split
     if not any(objs for _, _, objs in slices):
         raise DatasetError(f"{dataset.root}: split '{split}' has no slices with objects; choose another --split")
-    _check_out(out, dataset.root)
+    check_report_folder(out, dataset.root)
     setup = _set_up(dataset, adapters, references, split, torch_device, presence_threshold, nsd_tolerance_mm, bars)
     chosen = sample_slices(slices, max_slices, seed)
     shown = {(c, s) for c, s, _ in sorted(chosen, key=lambda x: (-len({o.class_name for o in x[2]}), x[0],
