@@ -1,3 +1,4 @@
+import gzip
 import json
 import os
 import shutil
@@ -5,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -435,3 +437,16 @@ def test_real_nifti(tmp_path: Path):
     expected = orient_slice(source[meta["slice_indices"][s]], tuple(meta["flip_hw"]))
     expected = np.where(np.isin(expected, [1, 2, 3, 5]), expected, 0)
     assert np.mean(back == expected) > 0.99
+
+
+def test_an_absurd_2d_header_is_refused_before_its_voxels_are_read(tmp_path: Path):
+    """A 2D image file counts as one slice: its header alone (4100 x 4100 px, data cut off after the header)
+    is refused by the size rule, not read and then reported as a broken file."""
+    raw = make_nnunet(tmp_path / "raw", n_cases=1, shape=(4, 16, 16))
+    image_path = next((raw / "imagesTr").iterdir())
+    flat = tmp_path / "flat.nii"
+    SimpleITK.WriteImage(SimpleITK.Image(4100, 4100, SimpleITK.sitkUInt8), str(flat))
+    with gzip.open(image_path, "wb") as packed:
+        packed.write(flat.read_bytes()[:1024])  # the header and a little data: no voxel read could succeed
+    with pytest.raises(InputFileError, match=r"4100x4100 pixels exceeds 4096 per side"):
+        prepare_dataset(raw, tmp_path / "out", PrepareConfig(image_size=32))

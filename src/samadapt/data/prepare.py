@@ -53,7 +53,7 @@ from samadapt.data.prepared import (
 from samadapt.data.windowing import Window, parse_window
 from samadapt.errors import ConfigError, DatasetError, GeometryMismatchError, InputFileError, storage_error
 from samadapt.io.atomic import write_json_atomic
-from samadapt.io.volume import Geometry, check_path_encodable, check_same_grid, read_header_geometry, read_volume
+from samadapt.io.volume import Geometry, check_path_encodable, check_same_grid, read_header, read_volume
 from samadapt.progress import Progress
 from samadapt.settings import config_to_dict, save_config
 
@@ -90,10 +90,13 @@ def _check_2d_side(path: Path, shape: tuple[int, ...]) -> None:
 
 
 def _check_volume_header(path: Path, axis: str) -> None:
-    """Refuse absurd volume sizes from the file header, before reading the voxels (files only)."""
-    geometry = read_header_geometry(path)  # None for folders, 2D files and unreadable headers: checked once read
-    if geometry is not None:
-        _check_volume_size(path, tuple(reversed(geometry.size)), axis)
+    """Refuse absurd volume sizes from the file header, before reading the voxels (files, of any dimension:
+    a 2D file is one slice; folders and unreadable headers are checked once read)."""
+    check_path_encodable(path)
+    reader = read_header(path)
+    if reader is not None:
+        size = tuple(reader.GetSize()) + (1,) * (3 - reader.GetDimension())
+        _check_volume_size(path, tuple(int(s) for s in reversed(size[:3])), axis)
 
 
 def _check_volume_size(path: Path, zyx: tuple[int, ...], axis: str) -> None:

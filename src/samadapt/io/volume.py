@@ -34,7 +34,8 @@ class Geometry:
     direction: tuple[float, ...]
 
     @classmethod
-    def of_image(cls, image: sitk.Image) -> Geometry:
+    def of_image(cls, image: sitk.Image | sitk.ImageFileReader) -> Geometry:
+        """The geometry of an image, or of a reader holding a file's header (:func:`read_header`)."""
         return cls(
             size=tuple(int(s) for s in image.GetSize()),
             spacing=tuple(float(s) for s in image.GetSpacing()),
@@ -285,9 +286,10 @@ def _check_nifti_finite(path: Path, reader: sitk.ImageFileReader) -> None:
                              "as 0); fix or mask them first")
 
 
-def _header_reader(path: Path) -> sitk.ImageFileReader | None:
+def read_header(path: str | os.PathLike[str]) -> sitk.ImageFileReader | None:
     """A reader holding the header of the file ``path`` (no voxel is read), or None for a folder or a file whose
     header ITK cannot read (:func:`read_volume` reports those with the proper message)."""
+    path = Path(path)
     if not path.is_file():
         return None
     reader = sitk.ImageFileReader()
@@ -305,11 +307,10 @@ def read_header_geometry(path: str | os.PathLike[str]) -> Geometry | None:
     slice axis) or a file whose header ITK cannot read."""
     path = Path(path)
     check_path_encodable(path)
-    reader = _header_reader(path)
+    reader = read_header(path)
     if reader is None or reader.GetDimension() != 3:
         return None
-    return Geometry(tuple(int(s) for s in reader.GetSize()), tuple(float(s) for s in reader.GetSpacing()),
-                    tuple(float(o) for o in reader.GetOrigin()), tuple(float(d) for d in reader.GetDirection()))
+    return Geometry.of_image(reader)
 
 
 def read_geometry(path: str | os.PathLike[str]) -> Geometry:
@@ -326,7 +327,7 @@ def check_nifti_finite(path: str | os.PathLike[str]) -> None:
     check_path_encodable(path)
     if not path.name.lower().endswith((".nii", ".nii.gz")):
         return
-    reader = _header_reader(path)
+    reader = read_header(path)
     if reader is None:
         return
     try:

@@ -32,7 +32,7 @@ from samadapt.data.windowing import CT_PRESETS, parse_window
 from samadapt.errors import ConfigError, InputFileError, PromptError, SamadaptError
 from samadapt.inference.segmenter import Segmenter
 from samadapt.inference.volume_slices import VolumeSlices, guess_modality
-from samadapt.io.volume import Volume, read_geometry, read_volume, write_volume
+from samadapt.io.volume import Volume, read_geometry, read_header, read_volume, write_volume
 from samadapt.models.sam import LoadedModel
 from samadapt.serve.encoding import png_bytes, run_lengths
 from samadapt.serve.schemas import AutoRequest, CommitRequest, PromptRequest
@@ -121,13 +121,8 @@ def read_checked_volume(path: Path, max_voxels: int, shown_name: str) -> Volume:
 
 def _bytes_per_voxel(path: Path) -> int:
     """Bytes per voxel (all components) from a file's header; 1 when it has none to read (a DICOM folder)."""
-    if not path.is_file():
-        return 1
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
+    reader = read_header(path)
+    if reader is None:
         return 1  # reading the volume reports what is wrong with it
     one = sitk.Image([1] * reader.GetDimension(), reader.GetPixelID(), reader.GetNumberOfComponents())
     return sitk.GetArrayViewFromImage(one).itemsize * reader.GetNumberOfComponents()
