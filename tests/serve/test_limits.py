@@ -8,6 +8,7 @@ import zlib
 
 import numpy as np
 import pytest
+import SimpleITK
 from fastapi.testclient import TestClient
 
 from samadapt.errors import InputFileError
@@ -140,3 +141,15 @@ def test_gunzip_within_reads_what_gzip_reads(tmp_path):
     raw = tmp_path / "raw.nii"
     raw.write_bytes(zlib.compress(data))
     assert gunzip_within(raw, 10, "raw.nii") == raw  # not named .gz: read as it is
+
+
+def test_a_2d_upload_is_413_from_its_header_before_its_voxels_are_read(tiny, data_dir, tmp_path):
+    """A 2D file is judged by its header too: 300 x 300 px over a limit of 16 x 64 x 64 voxels, with the data cut
+    off after the header (reading it would fail as a broken file instead)."""
+    flat = tmp_path / "flat.nii"
+    SimpleITK.WriteImage(SimpleITK.Image(300, 300, SimpleITK.sitkUInt8), str(flat))
+    payload = gzip.compress(flat.read_bytes()[:1024])
+    with _client(tiny, data_dir, max_voxels=VOXELS) as client:
+        refused = client.post("/api/uploads?filename=flat.nii.gz", content=payload)
+        assert refused.status_code == 413 and f"{300 * 300} voxels exceed" in refused.json()["detail"]
+        assert not list(client.app.state.upload_dir.iterdir())

@@ -49,7 +49,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from samadapt.errors import ConfigError, InputFileError, PromptError, SamadaptError
-from samadapt.io.volume import VOLUME_SUFFIXES
+from samadapt.io.volume import VOLUME_SUFFIXES, read_volume
 from samadapt.models.sam import LoadedModel
 from samadapt.serve.body_limit import BodySizeLimit
 from samadapt.serve.data_folder import DataFolder, OutsideDataFolderError, VolumeNotFoundError
@@ -65,7 +65,6 @@ from samadapt.serve.sessions import (
     VolumeSession,
     VolumeTooLargeError,
     check_volume_header,
-    read_checked_volume,
     volume_byte_budget,
 )
 
@@ -198,10 +197,10 @@ def create_app(loaded: LoadedModel, settings: ServeSettings | None = None, adapt
     def open_session(path: Path, name: str, owned: Path | None = None) -> dict:
         try:
             try:
-                if owned is not None:  # an upload: checked from its header, then decompressed within the budget
-                    check_volume_header(path, settings.max_voxels, name)
+                check_volume_header(path, settings.max_voxels, name)
+                if owned is not None:  # an upload: decompressed within the budget (its header is the same)
                     path = owned = gunzip_within(path, volume_byte_budget(settings.max_voxels) + HEADER_BYTES, name)
-                volume = read_checked_volume(path, settings.max_voxels, name)
+                volume = read_volume(path)
             except SamadaptError as err:  # name the file as the client knows it
                 raise type(err)(str(err).replace(str(path), name)) from None
             with store.lock:

@@ -32,7 +32,7 @@ from samadapt.data.windowing import CT_PRESETS, parse_window
 from samadapt.errors import ConfigError, InputFileError, PromptError, SamadaptError
 from samadapt.inference.segmenter import Segmenter
 from samadapt.inference.volume_slices import VolumeSlices, guess_modality
-from samadapt.io.volume import Volume, read_geometry, read_header, read_volume, write_volume
+from samadapt.io.volume import Volume, check_path_encodable, read_geometry, read_header, write_volume
 from samadapt.models.sam import LoadedModel
 from samadapt.serve.encoding import png_bytes, run_lengths
 from samadapt.serve.schemas import AutoRequest, CommitRequest, PromptRequest
@@ -100,30 +100,27 @@ def volume_byte_budget(max_voxels: int) -> int:
 
 def check_volume_header(path: Path, max_voxels: int, shown_name: str) -> None:
     """:class:`VolumeTooLargeError` unless a volume's header gives at most ``max_voxels`` voxels, and at most
-    :func:`volume_byte_budget` bytes of them in its voxel type; reads no voxels (but a DICOM folder's)."""
-    geometry = read_geometry(path)
-    voxels = int(np.prod(geometry.size, dtype=np.int64))
+    :func:`volume_byte_budget` bytes of them in its voxel type. A 2D or 3D file is judged by its header alone
+    (no voxel is read); a DICOM folder, or a file of another dimension, by what reading it gives."""
+    check_path_encodable(path)
+    reader = read_header(path)
+    if reader is not None and reader.GetDimension() in (2, 3):
+        size = reader.GetSize()
+    else:  # (an unreadable file: reading it reports what is wrong with it)
+        size = read_geometry(path).size
+    voxels = int(np.prod(size, dtype=np.int64))
     if voxels > max_voxels:
         raise VolumeTooLargeError(f"{shown_name}: {voxels} voxels exceed this server's limit of {max_voxels}; "
-                             "crop or resample the volume")
-    voxel_bytes = voxels * _bytes_per_voxel(path)
+                                  "crop or resample the volume")
+    voxel_bytes = voxels * (_bytes_per_voxel(reader) if reader is not None else 1)
     if voxel_bytes > volume_byte_budget(max_voxels):
         raise VolumeTooLargeError(f"{shown_name}: {voxel_bytes} bytes of voxels exceed this server's limit of "
                                   f"{volume_byte_budget(max_voxels)}; convert it to a smaller voxel type, crop "
                                   "or resample it")
 
 
-def read_checked_volume(path: Path, max_voxels: int, shown_name: str) -> Volume:
-    """Read a volume after :func:`check_volume_header`."""
-    check_volume_header(path, max_voxels, shown_name)
-    return read_volume(path)
-
-
-def _bytes_per_voxel(path: Path) -> int:
-    """Bytes per voxel (all components) from a file's header; 1 when it has none to read (a DICOM folder)."""
-    reader = read_header(path)
-    if reader is None:
-        return 1  # reading the volume reports what is wrong with it
+def _bytes_per_voxel(reader: sitk.ImageFileReader) -> int:
+    """Bytes per voxel (all components) of the image whose header ``reader`` holds."""
     one = sitk.Image([1] * reader.GetDimension(), reader.GetPixelID(), reader.GetNumberOfComponents())
     return sitk.GetArrayViewFromImage(one).itemsize * reader.GetNumberOfComponents()
 
