@@ -100,9 +100,13 @@ def click_session(
     dices, ious = [], []
     top = max(settings.thresholds)
 
+    shown: dict = {}  # the latest round's masks: scored, then clicked on (once per round)
+
     def seen(round_: PromptRound) -> torch.Tensor:
         """The masks the user sees: thresholded at logit 0, cut to the unpadded frame."""
-        return item.crop((round_.logits > 0).cpu())
+        if shown.get("round") is not round_:
+            shown.update(round=round_, masks=item.crop((round_.logits > 0).cpu()))
+        return shown["masks"]
 
     def score(round_: PromptRound) -> bool:
         overlap = overlap_scores(seen(round_), truth)
