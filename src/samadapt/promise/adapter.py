@@ -115,7 +115,8 @@ class PromiseAdapter(nn.Module):
                                   "prompts, or train one with `samadapt adapt --set mode=apm+ips`")
         return self.apm
 
-    def _class_index(self, class_index: int) -> int:
+    def checked_class_index(self, class_index: int) -> int:
+        """``class_index`` as an int into :attr:`classes`; ``IndexError`` naming the classes when out of range."""
         if not 0 <= int(class_index) < len(self.classes):
             raise IndexError(f"class index {class_index} out of range for classes {self.classes}")
         return int(class_index)
@@ -139,13 +140,13 @@ class PromiseAdapter(nn.Module):
         Returns:
             points ``BxNx2`` float XY in model-input pixels, labels ``BxN`` long (1 positive, 0 negative).
         """
-        k = self._class_index(class_index)
+        k = self.checked_class_index(class_index)
         points, _ = self.predict_points(features)
         return points[:, k], self.point_labels(points.shape[0], points.device)
 
     def presence_probability(self, features: torch.Tensor, class_index: int) -> torch.Tensor | None:
         """``B`` probabilities that class ``class_index`` is on each slice, or None without a presence head."""
-        k = self._class_index(class_index)
+        k = self.checked_class_index(class_index)
         _, presence = self.predict_points(features)
         return None if presence is None else torch.sigmoid(presence[:, k])
 

@@ -63,10 +63,8 @@ def decode_automatic(adapter: PromiseAdapter, decoder: Decoder, embedding: torch
     if not adapter.has_apm:
         raise ConfigError("this ProMISe adapter has no auto-prompting module (APM); automatic mode needs one: "
                           "train it with `samadapt adapt --set mode=apm+ips`, or prompt with boxes / points")
-    indices = tuple(range(len(adapter.classes))) if class_indices is None else tuple(int(k) for k in class_indices)
-    for k in indices:
-        if not 0 <= k < len(adapter.classes):
-            raise IndexError(f"class index {k} out of range for classes {adapter.classes}")
+    indices = tuple(range(len(adapter.classes))) if class_indices is None else tuple(
+        adapter.checked_class_index(int(k)) for k in class_indices)
     points, presence = adapter.predict_points(features)  # 1xKxNx2, 1xK logits or None
     points = points[0, list(indices)]
     labels = adapter.point_labels(len(indices), points.device)
