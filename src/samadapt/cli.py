@@ -81,11 +81,9 @@ CONFIG_HELP = "YAML file of settings (groups as nested mappings); options and --
 def _command_settings(cls: type, config: Path | None, options: dict, set_: list[str] | None) -> Any:
     """A command's settings (:mod:`samadapt.settings`): defaults < ``--config`` < the options given on the
     command line (those not None) < ``--set``. A bad setting of the file is reported with the file's name."""
-    from samadapt.config import load_config, parse_overrides
-    from samadapt.settings import merge_settings
+    from samadapt.settings import command_settings, parse_overrides
 
-    given = {key: value for key, value in options.items() if value is not None}
-    return load_config(cls, config, merge_settings(given, parse_overrides(set_), cls))
+    return command_settings(cls, config, options, parse_overrides(set_))
 
 
 @app.command("embed")

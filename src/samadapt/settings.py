@@ -227,6 +227,14 @@ def load_config(cls: type[T], path: str | os.PathLike[str] | None = None, overri
         raise
 
 
+def command_settings(cls: type[T], path: str | os.PathLike[str] | None, options: dict, overrides: dict) -> T:
+    """A command's settings: defaults < the YAML file ``path`` < ``options`` (a command's own options; those
+    that are None were not given) < ``overrides`` (nested, as :func:`parse_overrides` or :func:`expand_dotted`
+    give them). A bad setting of the file is reported with the file's name (:func:`load_config`)."""
+    given = {key: value for key, value in options.items() if value is not None}
+    return load_config(cls, path, merge_settings(given, overrides, cls))
+
+
 def save_config(config: Any, path: str | os.PathLike[str]) -> Path:
     """Write ``config`` as YAML atomically (groups as nested mappings)."""
     with atomic_path(path, suffix=".yaml") as tmp:

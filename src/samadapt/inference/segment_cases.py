@@ -60,7 +60,7 @@ from samadapt.io.volume import (
     write_volume,
 )
 from samadapt.progress import BarFactory, no_bars
-from samadapt.settings import check_groups, expand_dotted, load_config, merge_settings, setting_error
+from samadapt.settings import check_groups, command_settings, expand_dotted, setting_error
 
 OUTPUT_SUFFIX = ".nii.gz"
 SIDECAR_FORMAT = 1
@@ -143,9 +143,8 @@ def segment_settings(window: str | None = None, modality: str | None = None, ove
     """The settings of ``samadapt segment``: defaults < the YAML file ``config`` < ``window`` / ``modality``
     (when not None) < ``overrides`` (``--set``: ``propagation.KEY`` and ``auto.KEY``, nested or dotted; e.g.
     ``{"propagation.margin_px": 2, "auto.min_score": 0.5}``)."""
-    given = {key: value for key, value in (("window", window), ("modality", modality)) if value is not None}
-    return load_config(SegmentSettings, config,
-                       merge_settings(given, expand_dotted(overrides or {}), SegmentSettings))
+    return command_settings(SegmentSettings, config, {"window": window, "modality": modality},
+                            expand_dotted(overrides or {}))
 
 
 @dataclass
