@@ -73,14 +73,18 @@ def merge_settings(base: dict, update: dict, cls: type | None = None) -> dict:
     return merged
 
 
+def _nested(path: list[str], value: Any) -> dict:
+    """``["engine", "lr"], 1e-4`` -> ``{"engine": {"lr": 1e-4}}``: ``value`` under the dotted key's parts."""
+    for part in reversed(path[1:]):
+        value = {part: value}
+    return {path[0]: value}
+
+
 def expand_dotted(values: dict) -> dict:
     """``{"engine.lr": 1e-4, "engine": {"steps": 5}}`` -> ``{"engine": {"lr": 1e-4, "steps": 5}}``."""
     result: dict = {}
     for key, value in values.items():
-        parts = str(key).split(".")
-        for part in reversed(parts[1:]):
-            value = {part: value}
-        result = merge_settings(result, {parts[0]: value})
+        result = merge_settings(result, _nested(str(key).split("."), value))
     return result
 
 
@@ -108,11 +112,10 @@ def parse_overrides(pairs: list[str] | None) -> dict:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError:
             raise ConfigError(f"--set '{pair}': the value is not valid YAML; quote it") from None
-        for part in reversed(path[1:]):
-            value = {part: value}
-        if path[0] in result and isinstance(result[path[0]], dict) != isinstance(value, dict):
+        entry = _nested(path, value)
+        if path[0] in result and isinstance(result[path[0]], dict) != isinstance(entry[path[0]], dict):
             raise ConfigError(f"--set '{pair}': {path[0]} is set both as a whole and by its fields; choose one")
-        result = merge_settings(result, {path[0]: value})
+        result = merge_settings(result, entry)
     return result
 
 
@@ -126,10 +129,7 @@ def migrate_renamed(values: dict, renamed: dict[str, str]) -> dict:
     for old, new in renamed.items():
         if old not in kept or (old == new.split(".")[0] and isinstance(kept[old], dict)):
             continue
-        value = kept.pop(old)
-        for part in reversed(new.split(".")[1:]):
-            value = {part: value}
-        moved = merge_settings(moved, {new.split(".")[0]: value})
+        moved = merge_settings(moved, _nested(new.split("."), kept.pop(old)))
     return merge_settings(moved, kept)
 
 
