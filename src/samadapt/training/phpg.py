@@ -116,16 +116,10 @@ class PHPGObjective(RegionLosses):
     the behaviour mixtures and the error head built (:func:`phpg_objective_from_config`); the object choice,
     mask loss and reduction are multi-prompt training's (:class:`~samadapt.training.multi_prompt.RegionLosses`)."""
 
-    prompting: str = "multi"
-    max_prompts_per_slice: int = 32
     first: BehaviourMixture = field(default_factory=first_mixture)
     correction: BehaviourMixture = field(default_factory=correction_mixture)
     correction_rounds: int = 2
     mask_only_rounds: int = 1
-    loss: str = "dice+bce"
-    iou_weight: float = 1.0
-    prompt_reduction: str = "mean"
-    loss_size: int | None = None
     error_head: ErrorHead | None = None
     guidance_mix: float = 0.5
     error_weight: float = 1.0
