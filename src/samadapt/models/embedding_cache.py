@@ -61,7 +61,7 @@ from samadapt.models.cache_shards import assign_cases, fold_shard_progress, shar
 from samadapt.models.encoder_features import capture_features
 from samadapt.models.preprocess import to_model_input
 from samadapt.models.registry import FAMILY_FIELDS, ModelSpec
-from samadapt.models.sam import LoadedModel
+from samadapt.models.sam import LoadedModel, update_tensor_digest
 from samadapt.progress import Progress
 from samadapt.runtime import Ranks, resolve_device
 
@@ -115,10 +115,7 @@ def encoder_digest(loaded: LoadedModel) -> str:
     arch = loaded.spec.architecture()
     fields = {k: arch[k] for k in _ENCODER_FIELDS} | {k: arch[k] for k in FAMILY_FIELDS if k in arch}
     digest.update(json.dumps(fields, sort_keys=True).encode())
-    for name, tensor in loaded.sam.image_encoder.state_dict().items():
-        flat = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"\n{name}:{flat.dtype}:{tuple(tensor.shape)}\n".encode())
-        digest.update(flat.view(torch.uint8).numpy())
+    update_tensor_digest(digest, loaded.sam.image_encoder.state_dict())
     return digest.hexdigest()
 
 

@@ -375,13 +375,20 @@ def load_sam(model: str = DEFAULT_MODEL, device: str | torch.device = "cpu", dow
     return LoadedModel(sam.to(device).eval(), spec, path, sidecar)  # eval() after loading: TinyViT's bias cache
 
 
-def sam_digest(sam: torch.nn.Module) -> str:
-    """sha256 over every tensor of SAM's state dict (names, dtypes, shapes, bytes), in state-dict order."""
-    digest = hashlib.sha256(b"samadapt-sam-weights-v1\n")
-    for name, tensor in sam.state_dict().items():
+def update_tensor_digest(digest: Any, state: dict[str, torch.Tensor]) -> None:
+    """Feed ``state``'s tensors to ``digest`` (a ``hashlib`` hash), in its order: per tensor a header line with
+    its name, dtype and shape, then its bytes. :func:`sam_digest` and the embedding cache's encoder digest
+    hash weights this way; the bytes are part of their keys (caches, slice stores), so they must not change."""
+    for name, tensor in state.items():
         flat = tensor.detach().cpu().contiguous().reshape(-1)
         digest.update(f"\n{name}:{flat.dtype}:{tuple(tensor.shape)}\n".encode())
         digest.update(flat.view(torch.uint8).numpy())
+
+
+def sam_digest(sam: torch.nn.Module) -> str:
+    """sha256 over every tensor of SAM's state dict (names, dtypes, shapes, bytes), in state-dict order."""
+    digest = hashlib.sha256(b"samadapt-sam-weights-v1\n")
+    update_tensor_digest(digest, sam.state_dict())
     return digest.hexdigest()
 
 

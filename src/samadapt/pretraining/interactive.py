@@ -119,8 +119,9 @@ def _image_loss(sam: Sam, embedding: torch.Tensor, masks: torch.Tensor, recipe: 
     round_losses = []
 
     def score(round_: PromptRound) -> None:
-        # every object of an image has the same kind of first prompt: all ambiguous (one click) or none
-        outputs = slice(1, 4) if bool(round_.ambiguous.any()) else slice(0, 1)
+        # every object of an image has the same kind of first prompt: all ambiguous (one click) or none (a box);
+        # later rounds are never ambiguous (round_.ambiguous, without reading it back from the device)
+        outputs = slice(1, 4) if use_point and round_.index == 0 else slice(0, 1)
         low_res, iou_pred = round_.low_res[:, outputs], round_.iou_pred[:, outputs]
         logits = F.interpolate(low_res, (loss_size, loss_size), mode="bilinear", align_corners=False)
         target = soft_targets.expand_as(logits)

@@ -41,7 +41,7 @@ from samadapt.pretraining.evaluate import evaluate_on_shapes
 from samadapt.pretraining.interactive import InteractiveRecipe, interactive_loss
 from samadapt.runtime import Ranks, resolve_device, setup
 from samadapt.training.engine import METRICS_FILE, STATE_FILE, load_state, lr_factor, run_training
-from samadapt.training.finetune import CONFIG_FILE, prepare_run_folder
+from samadapt.training.finetune import CONFIG_FILE, prepare_run_folder, promote_best
 
 CORPUS_FILES = "corpus_*.npz"  # regenerable: a folder holding only these (and a step-less run's files) restarts
 # what pretraining's state.pt held before it ran on the engine (a folder of that time resumes: see below)
@@ -341,8 +341,5 @@ def _run(run_dir: Path, config: PretrainConfig, on_step: Callable[[dict], None])
     last = info(result.steps, final, result.wall_s)
     if use_best:
         save_sam(sam, spec, run_dir / "last.pth", last)
-        chosen = load_sam(str(best_path), device="cpu")
-        chosen_info = {k: v for k, v in chosen.sidecar.items() if k not in ("name", "architecture")}
-        chosen_info["training"]["wall_s"] = round(result.wall_s, 1)
-        return save_sam(chosen.sam, spec, model_path, {**chosen_info, "selection": selection})
+        return promote_best(best_path, model_path, result.wall_s, selection, spec)
     return save_sam(sam, spec, model_path, {**last, "selection": selection})

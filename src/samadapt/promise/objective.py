@@ -81,6 +81,13 @@ class PromiseObjective:
     negative_margin: float = 0.5
     multimask: bool = True
 
+    def _first_output(self, sam: Sam, shift: torch.Tensor | None, embedding: torch.Tensor,
+                      **prompts) -> torch.Tensor:
+        """``Nx4gx4g`` low-res logits of the decoder's first output (``multimask`` as set) for the prompts
+        (``points=`` / ``boxes=`` of :class:`~samadapt.models.decoder.SamDecoder`) on ``embedding``."""
+        low_res, _ = SamDecoder(sam, shift)(embedding, multimask=self.multimask, **prompts)
+        return low_res[:, 0]
+
     def automatic_loss(
         self, sam: Sam, sample: PromiseSample, points: torch.Tensor, labels: torch.Tensor,
         presence_logits: torch.Tensor | None, shift: torch.Tensor | None,
@@ -97,9 +104,7 @@ class PromiseObjective:
         """
         device = points.device
         present = sample.class_indices.to(device)
-        low_res, _ = SamDecoder(sam, shift)(sample.embedding.to(device), points=(points[present], labels[present]),
-                                            multimask=self.multimask)
-        low_res = low_res[:, 0]
+        low_res = self._first_output(sam, shift, sample.embedding.to(device), points=(points[present], labels[present]))
         targets = low_res_targets(sample.class_masks.to(device), low_res.shape[-1])
         loss = mask_loss(low_res.float(), targets).mean()
         stats = {"prompts": float(len(present)), "mask_loss": float(loss.detach()),
@@ -131,8 +136,7 @@ class PromiseObjective:
             prompts = ground_truth_prompts(masks[chosen], kind, self.num_positive,
                                            self.num_points - self.num_positive, generator, sample.valid_hw,
                                            self.negative_margin)
-            low_res, _ = SamDecoder(sam, shift)(embedding, multimask=self.multimask, **prompts_to(prompts, device))
-            low_res = low_res[:, 0]
+            low_res = self._first_output(sam, shift, embedding, **prompts_to(prompts, device))
             targets = low_res_targets(masks[chosen].to(device), low_res.shape[-1])
             losses.append(mask_loss(low_res.float(), targets))
             ious.append(mask_iou(low_res.detach().float(), targets > 0.5))

@@ -35,6 +35,7 @@ from samadapt.models.embedding_cache import EmbeddingCache, LiveEmbeddings, ensu
 from samadapt.models.error_head import ERROR_HEAD_FILE, save_error_head
 from samadapt.models.lora import LoRALinear, add_lora, merge_lora
 from samadapt.models.preprocess import to_model_input
+from samadapt.models.registry import ModelSpec
 from samadapt.models.sam import LoadedModel, load_sam, save_sam
 from samadapt.overlap import dice
 from samadapt.runtime import resolve_device, setup
@@ -132,6 +133,18 @@ def plain_copy(loaded: LoadedModel) -> torch.nn.Module:
     copy = deepcopy(loaded.sam)
     merge_lora(copy.image_encoder)
     return copy
+
+
+def promote_best(best_path: Path, model_path: Path, wall_s: float, selection: dict,
+                 spec: ModelSpec | None = None) -> Path:
+    """Save the checkpoint at ``best_path`` as ``model_path``: its sidecar (less ``name``/``architecture``,
+    which ``save_sam`` writes from ``spec``, by default the checkpoint's own) with ``training.wall_s`` set to
+    the run's wall time and ``selection`` added."""
+    chosen = load_sam(str(best_path), device="cpu")
+    chosen_info = {k: v for k, v in chosen.sidecar.items() if k not in ("name", "architecture")}
+    chosen_info["training"]["wall_s"] = round(wall_s, 1)
+    return save_sam(chosen.sam, spec if spec is not None else chosen.spec, model_path,
+                    {**chosen_info, "selection": selection})
 
 
 def validation_dice(
@@ -344,10 +357,7 @@ def finetune(
         last_info["training"]["wall_s"] = round(result.wall_s, 1)
         save_sam(plain_copy(loaded), loaded.spec, last_path, last_info)
         if use_best:
-            chosen = load_sam(str(best_path))
-            chosen_info = {k: v for k, v in chosen.sidecar.items() if k not in ("name", "architecture")}
-            chosen_info["training"]["wall_s"] = round(result.wall_s, 1)
-            save_sam(chosen.sam, chosen.spec, model_path, {**chosen_info, "selection": selected})
+            promote_best(best_path, model_path, result.wall_s, selected)
         else:
             save_sam(plain_copy(loaded), loaded.spec, model_path, {**last_info, "selection": selected})
         if error_head is not None:

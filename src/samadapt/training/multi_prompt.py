@@ -28,11 +28,19 @@ from samadapt.training.losses import bce_loss, dice_loss, focal_loss, iou_head_l
 from samadapt.training.slice_data import SliceSample
 
 
+@dataclass(frozen=True)
 class RegionLosses:
     """What the per-region objectives share (multi-prompt and :class:`~samadapt.training.phpg.PHPGObjective`):
-    the choice of objects, the per-prompt mask loss and the slice's reduction. Mixed into frozen dataclasses
-    with the fields ``prompting``, ``max_prompts_per_slice``, ``loss``, ``iou_weight``, ``prompt_reduction``
-    and ``loss_size`` (``FinetuneConfig`` documents each); the class supplies ``slice_losses``."""
+    the settings below (``FinetuneConfig`` documents each), the choice of objects, the per-prompt mask loss and
+    the slice's reduction. The frozen dataclasses that extend it add their settings and supply ``slice_losses``
+    (construct them with keywords: the shared fields come first)."""
+
+    prompting: str = "multi"
+    max_prompts_per_slice: int = 32
+    loss: str = "dice+bce"
+    iou_weight: float = 1.0
+    prompt_reduction: str = "mean"
+    loss_size: int | None = None
 
     def choose_objects(self, n_objects: int, generator: torch.Generator) -> torch.Tensor:
         """Indices of the objects prompted this time: all (capped at a random subset), or one at random."""
@@ -74,15 +82,9 @@ class RegionLosses:
 
 @dataclass(frozen=True)
 class MultiPromptObjective(RegionLosses):
-    """Settings of the objective (``FinetuneConfig`` documents each)."""
+    """Settings of the objective (``FinetuneConfig`` documents each): :class:`RegionLosses`'s and the box noise."""
 
-    prompting: str = "multi"
-    max_prompts_per_slice: int = 32
     noise: BoxNoise = BoxNoise()
-    loss: str = "dice+bce"
-    iou_weight: float = 1.0
-    prompt_reduction: str = "mean"
-    loss_size: int | None = None
 
     def slice_losses(
         self, sam: Sam, sample: SliceSample, generator: torch.Generator

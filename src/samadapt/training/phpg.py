@@ -116,16 +116,10 @@ class PHPGObjective(RegionLosses):
     the behaviour mixtures and the error head built (:func:`phpg_objective_from_config`); the object choice,
     mask loss and reduction are multi-prompt training's (:class:`~samadapt.training.multi_prompt.RegionLosses`)."""
 
-    prompting: str = "multi"
-    max_prompts_per_slice: int = 32
     first: BehaviourMixture = field(default_factory=first_mixture)
     correction: BehaviourMixture = field(default_factory=correction_mixture)
     correction_rounds: int = 2
     mask_only_rounds: int = 1
-    loss: str = "dice+bce"
-    iou_weight: float = 1.0
-    prompt_reduction: str = "mean"
-    loss_size: int | None = None
     error_head: ErrorHead | None = None
     guidance_mix: float = 0.5
     error_weight: float = 1.0
@@ -220,15 +214,17 @@ class _Sequence:
         self.prompt_s = prompt_s
         self.seg_losses: list[torch.Tensor] = []
         self.head_losses: list[torch.Tensor] = []
-        self.ious: list[float] = []
+        self.ious: list[float] = []  # the first round's and the last round's (one entry when they are the same)
         self.image = None  # the error head's response to the embedding: the same in every round, computed once
         self.error_logits: torch.Tensor | None = None
 
     def score(self, round_: PromptRound) -> None:
-        """The round's per-region loss, its IoU and, with an error head, the head's prediction and loss."""
+        """The round's per-region loss, its IoU (first and last round only: the statistics read no other) and,
+        with an error head, the head's prediction and loss."""
         objective = self.objective
         self.seg_losses.append(objective._round_loss(round_.low_res, round_.iou_pred, self.truth, round_.ambiguous))
-        self.ious.append(float(mask_iou(round_.logits, self.truth).mean()))
+        if round_.index == 0 or round_.last:
+            self.ious.append(float(mask_iou(round_.logits, self.truth).mean()))
         self.error_logits = None
         if objective.error_head is not None:
             if self.image is None:
